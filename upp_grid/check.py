@@ -1,0 +1,48 @@
+"""``upp-grid check``: validate a config against its inputs and describe the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from upp_grid.config import Config
+from upp_grid.errors import InputError
+from upp_grid.inputs import Container, check_file, find_containers, required_fields
+
+
+@dataclass(frozen=True)
+class ContainerReport:
+    container: Container
+    jets_per_file: tuple[int, ...]
+
+    @property
+    def num_jets(self) -> int:
+        return sum(self.jets_per_file)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``check`` found: containers with their files and jet counts, and any problems."""
+
+    containers: tuple[ContainerReport, ...]
+    problems: tuple[str, ...]
+
+
+def check_inputs(config: Config) -> CheckReport:
+    """Check every input file of every container has the datasets and fields the config needs.
+
+    Problems are collected (one line each, naming file and field) rather than raised, so the
+    user sees all of them at once. A pattern that matches nothing raises immediately.
+    """
+    need = required_fields(config)
+    reports, problems = [], []
+    for container in find_containers(config):
+        counts = []
+        for path in container.files:
+            try:
+                counts.append(check_file(Path(path), need))
+            except InputError as err:
+                problems.append(str(err))
+                counts.append(0)
+        reports.append(ContainerReport(container, tuple(counts)))
+    return CheckReport(tuple(reports), tuple(problems))

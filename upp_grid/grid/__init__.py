@@ -1,0 +1,1 @@
+"""Grid submission: sandbox, job specs, state, backends and transfers."""

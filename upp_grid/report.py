@@ -1,0 +1,59 @@
+"""Human-readable tables for the CLI (rich). Library code returns data; this renders it."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from upp_grid.check import CheckReport
+from upp_grid.config import SPLITS, Config
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def print_plan(config: Config, report: CheckReport | None = None) -> None:
+    """Print components, splits, input containers and reweights of ``config``."""
+    con = _console()
+    con.print(f"[bold]config[/bold] {config.path}  (hash {config.config_hash[:12]})")
+    g = config.global_
+    con.print(f"ntuples {g.ntuple_dir}\ncomponents {g.components_dir}\noutput {g.out_dir}")
+
+    splits = Table(title="splits")
+    for col in ("split", "cuts"):
+        splits.add_column(col)
+    for split in SPLITS:
+        splits.add_row(split, ", ".join(str(c) for c in config.global_cuts[split]) or "-")
+    con.print(splits)
+
+    comps = Table(title=f"components ({len(config.components)})")
+    for col in ("component", "region cuts", "sample", "flavour", "train/val/test cap"):
+        comps.add_column(col)
+    for c in config.components:
+        caps = "/".join("all" if c.cap(s) < 0 else f"{c.cap(s):,}" for s in SPLITS)
+        comps.add_row(c.name, ", ".join(str(x) for x in c.region.cuts), c.sample.name,
+                      c.flavour.name, caps)
+    con.print(comps)
+    con.print("flavour_label: " + ", ".join(f"{i}={n}" for i, n in
+                                            enumerate(config.flavour_names)))
+
+    if report is not None:
+        cont = Table(title="input containers")
+        for col in ("sample", "pattern", "files", "jets"):
+            cont.add_column(col)
+        for rep in report.containers:
+            cont.add_row(rep.container.sample, rep.container.pattern,
+                         str(len(rep.container.files)), f"{rep.num_jets:,}")
+        con.print(cont)
+
+    if config.reweighting:
+        rws = Table(title=f"reweights ({len(config.reweighting.reweights)})")
+        for col in ("weight field", "bins", "overflow"):
+            rws.add_column(col)
+        for rw in config.reweighting.reweights:
+            bins = " × ".join(f"{v}[{len(rw.edges(v)) - 1}]" for v in rw.reweight_vars)
+            rws.add_row(rw.name, bins, "yes" if rw.add_overflow else "no")
+        con.print(rws)
+    else:
+        con.print("reweighting: none configured")

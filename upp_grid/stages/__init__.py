@@ -1,0 +1,1 @@
+"""Pipeline stages: pure functions of (config, inputs) that write outputs atomically."""
