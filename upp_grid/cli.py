@@ -82,16 +82,47 @@ def check_cmd(config_path: Path) -> None:
     try:
         config = _load(config_path)
     except ConfigError as err:
-        for problem in err.problems:
-            click.echo(problem, err=True)
-        raise UppGridError(f"{config_path}: {len(err.problems)} problem(s) in the config"
-                           ) from None
+        if len(err.problems) == 1:
+            raise
+        for problem in err.problems:  # every problem, one line each
+            click.echo(f"upp-grid: error: {problem}", err=True)
+        sys.exit(1)
     report = check_inputs(config)
     print_plan(config, report)
+    if len(report.problems) == 1:
+        raise UppGridError(report.problems[0])
+    for problem in report.problems:
+        click.echo(f"upp-grid: error: {problem}", err=True)
     if report.problems:
-        for problem in report.problems:
-            click.echo(problem, err=True)
-        raise UppGridError(f"{len(report.problems)} problem(s) in the input files")
+        sys.exit(1)
+
+
+@cli.command("split")
+@CONFIG_OPTION
+@click.option("--container", default=None, help="Only this container (a sample pattern as "
+              "written in the config, or a sample name).")
+@click.option("--files", default=None, help="Comma-separated input files (of --container).")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Processes (default: min(files, cores)).")
+@click.option("--overwrite", is_flag=True, help="Redo inputs that are already split.")
+def split_cmd(config_path: Path, container: str | None, files: str | None,
+              workers: int | None, overwrite: bool) -> None:
+    """Split every input file into split x region x sample x flavour component files."""
+    from upp_grid.report import print_split_summary
+
+    config = _load(config_path)
+    file_list = [Path(f) for f in files.split(",") if f] if files else None
+    summary, cat = _run_split(config, container, file_list, workers, overwrite)
+    print_split_summary(config, summary, cat)
+
+
+def _run_split(config, container=None, files=None, workers=None, overwrite=False):
+    from upp_grid.progress import progress_bar
+    from upp_grid.stages.split_local import plan_units, split_stage
+
+    todo = sum(u.num_jets for u in plan_units(config, container, files))
+    with progress_bar(todo, "split") as advance:
+        return split_stage(config, container, files, workers, overwrite, progress=advance)
 
 
 @cli.command("demo")

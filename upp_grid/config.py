@@ -236,6 +236,10 @@ class Config:
         """The resolved config as JSON (stored in output attrs)."""
         return json.dumps(to_plain(self.raw), default=str)
 
+    def __reduce__(self) -> tuple:
+        # picklable for worker processes: rebuilt from the resolved (already valid) data
+        return (parse_config, (dict(self.raw), self.path))
+
 
 # --------------------------------------------------------------------------- validation
 class _Problems:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
@@ -57,3 +59,29 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
         con.print(rws)
     else:
         con.print("reweighting: none configured")
+
+
+def print_split_summary(config: Config, summary, cat) -> None:
+    """Per-input bookkeeping (read = written + in no component) and catalogue totals."""
+    con = _console()
+    table = Table(title=f"split: {len(summary.records)} inputs ({summary.skipped} already done)")
+    for col in ("input", "read", *SPLITS, "no component"):
+        table.add_column(col, justify="right" if col != "input" else "left")
+    totals = dict.fromkeys(("read", *SPLITS, "none"), 0)
+    for rec in sorted(summary.records, key=lambda r: r.input):
+        per = rec.per_split()
+        table.add_row(Path(rec.input).name, f"{rec.jets_read:,}",
+                      *(f"{per[s]:,}" for s in SPLITS), f"{rec.no_component:,}")
+        totals["read"] += rec.jets_read
+        totals["none"] += rec.no_component
+        for s in SPLITS:
+            totals[s] += per[s]
+    table.add_row("[bold]total", *(f"{v:,}" for v in totals.values()))
+    con.print(table)
+    flav = Table(title=f"catalogue {config.global_.components_dir}/organised-components.yaml")
+    flav.add_column("flavour")
+    for s in SPLITS:
+        flav.add_column(s, justify="right")
+    for name in config.flavour_names:
+        flav.add_row(name, *(f"{cat.num_jets[s][name]:,}" for s in SPLITS))
+    con.print(flav)

@@ -1,0 +1,3 @@
+from upp_grid.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""The catalogue: ``<components_dir>/organised-components.yaml`` in UPP's format.
+
+It is built from the split outputs on disk (local split or grid download alike):
+``files: {split: {flavour: [paths]}}`` and ``num_jets: {split: {flavour: N}}`` (also written as
+``num_global_objects``, the key newer UPP versions read), plus ``components: {split:
+{component: N}}`` for bookkeeping. Hidden files and directories (staging areas) are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import yaml
+
+from upp_grid.config import SPLITS, Config
+from upp_grid.errors import BookkeepingError, InputError
+from upp_grid.h5io import open_input
+
+log = logging.getLogger(__name__)
+
+CATALOGUE_NAME = "organised-components.yaml"
+_OUTPUT_RE = re.compile(r"output_(train|val|test)_(.+)\.h5$")
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Split outputs per split and flavour, with exact jet counts read from the files."""
+
+    files: dict[str, dict[str, list[str]]]
+    num_jets: dict[str, dict[str, int]]
+    components: dict[str, dict[str, int]]
+
+    def total(self, split: str) -> int:
+        return sum(self.num_jets[split].values())
+
+    def as_yaml_dict(self) -> dict:
+        return {"files": self.files, "num_jets": self.num_jets,
+                "num_global_objects": self.num_jets, "components": self.components}
+
+
+def catalogue_path(config: Config) -> Path:
+    return config.global_.components_dir / CATALOGUE_NAME
+
+
+def _component_of(name: str, config: Config) -> tuple[str, str] | None:
+    """(component name, flavour) for a file name suffix, matching the config's components."""
+    for comp in config.components:
+        if name == comp.name:
+            return comp.name, comp.flavour.name
+    return None
+
+
+def build_catalogue(config: Config) -> Catalogue:
+    """Scan the split outputs under ``components_dir`` and count their jets exactly.
+
+    Raises
+    ------
+    InputError
+        If the directory is missing, a file is unreadable, or a file belongs to no component.
+    """
+    root = config.global_.components_dir
+    if not root.is_dir():
+        raise InputError(f"{root}: no split outputs (run `upp-grid split` or `download` first)")
+    flavours = config.flavour_names
+    files = {s: {f: [] for f in flavours} for s in SPLITS}
+    num = {s: dict.fromkeys(flavours, 0) for s in SPLITS}
+    comps = {s: {c.name: 0 for c in config.components} for s in SPLITS}
+    for path in sorted(root.rglob("output_*.h5")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        match = _OUTPUT_RE.search(path.name)
+        found = _component_of(match.group(2), config) if match else None
+        if found is None:
+            raise InputError(f"{path}: split output of no component in {config.path}")
+        split, (comp, flavour) = match.group(1), found
+        with open_input(path) as f:
+            if config.jets_name not in f:
+                raise InputError(f"{path}: dataset '{config.jets_name}' not found")
+            n = int(f[config.jets_name].shape[0])
+        files[split][flavour].append(str(path))
+        num[split][flavour] += n
+        comps[split][comp] += n
+    return Catalogue(files, num, comps)
+
+
+def write_catalogue(config: Config, expected: dict[str, dict[str, int]] | None = None
+                    ) -> Catalogue:
+    """Build the catalogue and write it atomically.
+
+    If ``expected`` (``{split: {component: jets}}`` from the split records) is given, the
+    counts on disk must equal it exactly or nothing is written.
+    """
+    cat = build_catalogue(config)
+    if expected is not None:
+        for split in SPLITS:
+            for comp, n in expected.get(split, {}).items():
+                if cat.components[split].get(comp, 0) != n:
+                    raise BookkeepingError(
+                        f"{catalogue_path(config)}: {split} {comp}: split records say {n} jets, "
+                        f"files on disk hold {cat.components[split].get(comp, 0)}")
+    path = catalogue_path(config)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(cat.as_yaml_dict(), sort_keys=False))
+    os.replace(tmp, path)
+    return cat
+
+
+def read_catalogue(config: Config) -> Catalogue:
+    """Load the catalogue written by :func:`write_catalogue` and re-check its counts."""
+    path = catalogue_path(config)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: catalogue not found (run `upp-grid split` first)") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: unreadable catalogue: {err}") from None
+    try:
+        cat = Catalogue(data["files"], data["num_jets"], data.get("components", {}))
+    except (KeyError, TypeError):
+        raise InputError(f"{path}: not an organised-components catalogue") from None
+    for split, per_flavour in cat.files.items():
+        for flavour, paths in per_flavour.items():
+            n = 0
+            for p in paths:
+                try:
+                    with h5py.File(p, "r") as f:
+                        n += int(f[config.jets_name].shape[0])
+                except (OSError, KeyError):
+                    raise InputError(f"{p}: listed in {path} but missing or unreadable") from None
+            if n != cat.num_jets[split][flavour]:
+                raise BookkeepingError(f"{path}: {split} {flavour}: catalogue says "
+                                       f"{cat.num_jets[split][flavour]} jets, files hold {n}")
+    return cat
