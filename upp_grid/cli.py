@@ -150,7 +150,11 @@ def demo_cmd(workdir: Path, num_jets: int, seed: int) -> None:
     print_plan(config, report)
     if report.problems:
         raise UppGridError(report.problems[0])
-    click.echo(f"demo ready: rerun any stage with -c {config_path}")
+    from upp_grid.report import print_split_summary
+
+    summary, cat = _run_split(config)
+    print_split_summary(config, summary, cat)
+    click.echo(f"demo done: rerun any stage with -c {config_path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,10 @@ from upp_grid.config import SPLITS, Config
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    con = Console(highlight=False, stderr=False)
+    if not con.is_terminal:
+        con = Console(highlight=False, width=140)
+    return con
 
 
 def print_plan(config: Config, report: CheckReport | None = None) -> None:
@@ -29,13 +32,23 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
         splits.add_row(split, ", ".join(str(c) for c in config.global_cuts[split]) or "-")
     con.print(splits)
 
+    regions = Table(title="regions")
+    for col in ("region", "cuts"):
+        regions.add_column(col)
+    for r in config.regions:
+        regions.add_row(r.name, ", ".join(str(c) for c in r.cuts) or "-")
+    con.print(regions)
+
     comps = Table(title=f"components ({len(config.components)})")
-    for col in ("component", "region cuts", "sample", "flavour", "train/val/test cap"):
+    for col in ("region", "sample", "flavours", "train/val/test cap"):
         comps.add_column(col)
+    groups: dict[tuple[str, str], list] = {}
     for c in config.components:
-        caps = "/".join("all" if c.cap(s) < 0 else f"{c.cap(s):,}" for s in SPLITS)
-        comps.add_row(c.name, ", ".join(str(x) for x in c.region.cuts), c.sample.name,
-                      c.flavour.name, caps)
+        groups.setdefault((c.region.name, c.sample.name), []).append(c)
+    for (region, sample), members in groups.items():
+        first = members[0]
+        caps = "/".join("all" if first.cap(s) < 0 else f"{first.cap(s):,}" for s in SPLITS)
+        comps.add_row(region, sample, ", ".join(c.flavour.name for c in members), caps)
     con.print(comps)
     con.print("flavour_label: " + ", ".join(f"{i}={n}" for i, n in
                                             enumerate(config.flavour_names)))

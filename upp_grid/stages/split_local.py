@@ -250,6 +250,11 @@ def split_stage(config: Config, container: str | None = None,
         If any input failed (every failure is logged as one line first); the catalogue is not
         rewritten then.
     """
+    capped = sorted({c.name for c in config.components
+                     if any(c.cap(s) >= 0 for s in ("train", "val", "test"))})
+    if capped:
+        log.warning("num_jets caps are not applied when reweighting (as in UPP): all jets of "
+                    "%s are kept", ", ".join(capped))
     summary = run_split(config, container, files, workers, overwrite, progress, total)
     if summary.failures:
         for failure in summary.failures:
