@@ -118,11 +118,30 @@ def split_cmd(config_path: Path, container: str | None, files: str | None,
 
 def _run_split(config, container=None, files=None, workers=None, overwrite=False):
     from upp_grid.progress import progress_bar
-    from upp_grid.stages.split_local import plan_units, split_stage
+    from upp_grid.stages.split_local import pending_units, split_stage
 
-    todo = sum(u.num_jets for u in plan_units(config, container, files))
+    todo = sum(u.num_jets for u in pending_units(config, container, files, overwrite)[0])
     with progress_bar(todo, "split") as advance:
         return split_stage(config, container, files, workers, overwrite, progress=advance)
+
+
+@cli.command("weights")
+@CONFIG_OPTION
+@click.option("--no-plots", is_flag=True, help="Skip the plots in <out_dir>/plots/.")
+def weights_cmd(config_path: Path, no_plots: bool) -> None:
+    """Histogram the train classes and write <out_dir>/histograms.h5 and its report."""
+    from upp_grid.report import print_weights_report
+
+    config = _load(config_path)
+    print_weights_report(_run_weights(config, plots=not no_plots))
+
+
+def _run_weights(config, plots=True):
+    from upp_grid.progress import progress_bar
+    from upp_grid.stages.weights import planned_jets, weights_stage
+
+    with progress_bar(planned_jets(config), "weights") as advance:
+        return weights_stage(config, plots=plots, progress=advance)
 
 
 @cli.command("demo")
@@ -154,6 +173,9 @@ def demo_cmd(workdir: Path, num_jets: int, seed: int) -> None:
 
     summary, cat = _run_split(config)
     print_split_summary(config, summary, cat)
+    from upp_grid.report import print_weights_report
+
+    print_weights_report(_run_weights(config))
     click.echo(f"demo done: rerun any stage with -c {config_path}")
 
 
@@ -189,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"upp-grid: error: {err}", err=True)
         sys.exit(1)
-    except Exception as err:  # noqa: BLE001 — last resort, still one line
+    except Exception as err:  # last resort, still one line
         if verbose:
             raise
         click.echo(f"upp-grid: internal error: {type(err).__name__}: {err} "

@@ -67,7 +67,7 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
         for col in ("weight field", "bins", "overflow"):
             rws.add_column(col)
         for rw in config.reweighting.reweights:
-            bins = " × ".join(f"{v}[{len(rw.edges(v)) - 1}]" for v in rw.reweight_vars)
+            bins = " x ".join(f"{v}[{len(rw.edges(v)) - 1}]" for v in rw.reweight_vars)
             rws.add_row(rw.name, bins, "yes" if rw.add_overflow else "no")
         con.print(rws)
     else:

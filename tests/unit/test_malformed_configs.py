@@ -1,0 +1,101 @@
+"""Configs as a new user gets them wrong: `upp-grid check` says what is wrong in ONE line.
+
+Each file in ``malformed/`` starts with ``# expect: <text>``: the one line on stderr must contain
+that text, which names the file, the line and the key path. Every file runs through the CLI's
+``main`` in-process (fast); a few also run as a real ``python -m upp_grid`` process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from upp_grid.cli import main
+from upp_grid.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+MALFORMED = Path(__file__).resolve().parent / "malformed"
+FILES = sorted(MALFORMED.glob("*.yaml"))
+
+
+def expected(path: Path) -> str:
+    first = path.read_text().partition("\n")[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <text>'"
+    return first.removeprefix("# expect: ")
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``upp-grid ARGV`` in-process: (exit code, stdout, stderr). Leaves logging as it was."""
+    logger = logging.getLogger("upp_grid")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m upp_grid ARGS`` on the working tree's code."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "upp_grid", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_there_are_at_least_25_malformed_configs() -> None:
+    assert len(FILES) >= 25
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_check_reports_a_malformed_config_in_one_line(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main(["check", "-c", str(path)], capsys)
+
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1
+    assert len(lines) == 1, err
+    assert lines[0].startswith("upp-grid: error: ")
+    assert expected(path) in lines[0]
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("name", ["tabs.yaml", "unknown_flavour.yaml", "include_missing.yaml"])
+def test_a_real_process_prints_one_line_and_exits_1(name: str, tmp_path: Path) -> None:
+    path = MALFORMED / name
+
+    result = run_process("check", "-c", str(path), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert expected(path) in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    path = MALFORMED / "unknown_flavour.yaml"
+
+    result = run_process("-v", "check", "-c", str(path), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "upp_grid.errors.ConfigError" in result.stderr
+    assert expected(path) in result.stderr
+
+
+def test_verbose_after_the_subcommand_lets_the_error_through(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ConfigError, match="unknown flavour 'bjet'"):
+        run_main(["check", "-c", str(MALFORMED / "unknown_flavour.yaml"), "-v"], capsys)
