@@ -73,3 +73,18 @@ def _clean_rucio_config_cache() -> None:
 def rucio_subprocess_env(rucio_server) -> dict[str, str]:
     """``os.environ`` plus the test server's client settings, for ``subprocess`` calls."""
     return {**os.environ, **rucio_server.client_env()}
+
+
+# --------------------------------------------------------------------------------------------
+# mock ntuples shared by the split tests (read-only: copy before modifying)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def split_ntuples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24k mock jets in 3 files (ttbar: files 0 and 2, Z': file 1), 40 tracks per jet."""
+    from upp_grid.mock import make_mock
+
+    out = tmp_path_factory.mktemp("split-ntuples")
+    make_mock(out, num_jets=24_000, num_files=3, seed=7)
+    return out

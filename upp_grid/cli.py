@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -144,6 +145,192 @@ def _run_weights(config, plots=True):
         return weights_stage(config, plots=plots, progress=advance)
 
 
+@cli.command("merge")
+@CONFIG_OPTION
+@click.option("--split", "split", default="all", show_default=True,
+              type=click.Choice(["train", "val", "test", "all"]),
+              help="Which split(s) to merge.")
+def merge_cmd(config_path: Path, split: str) -> None:
+    """Shuffle a split's components into the final files, with weights attached."""
+    from upp_grid.progress import progress_bar
+    from upp_grid.report import print_merge_summary
+    from upp_grid.stages.merge import merge_stage, merge_work, parse_splits
+
+    config = _load(config_path)
+    splits = parse_splits(split)
+    with progress_bar(merge_work(config, splits), "merge (read + write)") as advance:
+        summary = merge_stage(config, splits, progress=advance)
+    print_merge_summary(config, summary)
+
+
+@cli.command("norm")
+@CONFIG_OPTION
+@click.option("--weighted", is_flag=True,
+              help="Weight every entry by its jet's reweighting weight.")
+@click.option("--weight", default=None,
+              help="The jets weight field for --weighted (default: the first jets reweight).")
+def norm_cmd(config_path: Path, weighted: bool, weight: str | None) -> None:
+    """Write norm_dict.yaml and class_dict.yaml from the merged train files."""
+    from upp_grid.progress import progress_bar
+    from upp_grid.report import print_norm_result
+    from upp_grid.stages.merge import merged_files
+    from upp_grid.stages.normalise import norm_stage
+
+    config = _load(config_path)
+    jets = sum(f.num_jets for f in merged_files(config, "train"))
+    with progress_bar(jets, "norm") as advance:
+        result = norm_stage(config, weighted=weighted or weight is not None, weight=weight,
+                            progress=advance)
+    print_norm_result(result)
+
+
+@cli.command("run")
+@CONFIG_OPTION
+@click.option("--no-plots", is_flag=True, help="Skip the weights plots.")
+def run_cmd(config_path: Path, no_plots: bool) -> None:
+    """Run split, weights, merge (train, val, test) and norm locally; resumes after a crash."""
+    from upp_grid.progress import progress_bar
+    from upp_grid.report import print_run_summary
+    from upp_grid.stages.run import run_chain
+
+    config = _load(config_path)
+    print_run_summary(config, run_chain(config, plots=not no_plots, bar=progress_bar))
+
+
+@cli.command("download")
+@CONFIG_OPTION
+@click.option("--tag", required=True, help="The submission tag.")
+@click.option("--backend", type=click.Choice(["rucio", "local"]), default=None,
+              help="Where the outputs are (default: the tag's backend; rucio for PanDA).")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
+              help="Parallel file transfers.")
+@click.option("--no-download", is_flag=True,
+              help="Skip the transfer: prepare from files already downloaded and verified.")
+@click.option("--prepare-only", is_flag=True,
+              help="Write the catalogue only; no weights, merge or norm.")
+@click.option("--allow-partial", is_flag=True,
+              help="Prepare even if some inputs have no outputs (they are listed).")
+@click.option("--rucio-user", default=None,
+              help="Grid nickname for the dataset names when the tag has no state "
+                   "(default: RUCIO_ACCOUNT).")
+@click.option("--no-plots", is_flag=True, help="Skip the weights plots.")
+def download_cmd(config_path: Path, tag: str, backend: str | None, threads: int,
+                 no_download: bool, prepare_only: bool, allow_partial: bool,
+                 rucio_user: str | None, no_plots: bool) -> None:
+    """Download and verify a tag's grid outputs, then prepare them (catalogue, weights,
+    merge, norm)."""
+    from upp_grid.grid.download import DownloadOptions, download_and_prepare, summary_lines
+    from upp_grid.progress import progress_bar
+    from upp_grid.report import print_run_summary
+
+    config = _load(config_path)
+    options = DownloadOptions(tag, backend, threads, not no_download, prepare_only,
+                              allow_partial, rucio_user, not no_plots)
+    report = download_and_prepare(config, options, progress=progress_bar)
+    for line in summary_lines(report):
+        click.echo(line)
+    if report.prepared.summary is not None:
+        print_run_summary(config, report.prepared.summary)
+
+
+STATE_OPTIONS = (
+    click.option("-c", "--config", "config_path", default=None,
+                 type=click.Path(path_type=Path, dir_okay=False),
+                 help="Config whose base_dir holds the state (upp-grid.sqlite)."),
+    click.option("--state", "state", default=None, type=click.Path(path_type=Path,
+                                                                    dir_okay=False),
+                 help="The state file (overrides -c)."),
+)
+
+
+def _state_options(func: Callable[..., None]) -> Callable[..., None]:
+    """``-c CFG`` and ``--state DB``: where the state file is."""
+    for option in reversed(STATE_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command("submit")
+@CONFIG_OPTION
+@click.option("--tag", required=True, help="Names the submission (outDS, state, directory).")
+@click.option("--backend", type=click.Choice(["panda", "local"]), default="panda",
+              show_default=True, help="PanDA, or the same jobs in local processes.")
+@click.option("--rucio-user", default=None,
+              help="Grid nickname for dataset names (default: RUCIO_ACCOUNT, PANDA_NICKNAME).")
+@click.option("--dryrun", is_flag=True,
+              help="Build the sandbox and task parameters offline; submit nothing.")
+@click.option("--force", is_flag=True, help="Submit containers of the tag again.")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Local backend: jobs at a time (default: cores).")
+@click.option("--state", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="State file (default: <base_dir>/upp-grid.sqlite).")
+@click.argument("prun_args", nargs=-1, type=click.UNPROCESSED)
+def submit_cmd(config_path: Path, tag: str, backend: str, rucio_user: str | None,
+               dryrun: bool, force: bool, workers: int | None, state: Path | None,
+               prun_args: tuple[str, ...]) -> None:
+    """Split on the grid: one task per input container, one job per file.
+
+    Extra prun options go after `--`, e.g. `-- --site ANALY_X`.
+    """
+    from upp_grid.grid.submit import SubmitRequest, submit
+    from upp_grid.grid.tables import format_submit
+
+    result = submit(SubmitRequest(config_path, tag, backend, rucio_user, dryrun, force,
+                                  workers, tuple(prun_args), state))
+    click.echo(format_submit(result))
+    if result.problem:
+        raise UppGridError(result.problem)
+
+
+@cli.command("status")
+@_state_options
+@click.option("--tag", default=None, help="Only this tag.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(config_path: Path | None, state: Path | None, tag: str | None,
+               as_json: bool) -> None:
+    """Refresh and show the tasks (and local jobs) of every tag."""
+    import json
+
+    from upp_grid.grid.control import state_path, status
+    from upp_grid.grid.tables import format_status
+
+    report = status(state_path(config_path, state), tag)
+    for warning in report.warnings:
+        click.echo(f"upp-grid: warning: {warning}", err=True)
+    click.echo(json.dumps(report.as_dict(), indent=1) if as_json else format_status(report))
+
+
+@cli.command("retry")
+@_state_options
+@click.option("--tag", required=True, help="The submission tag.")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Local backend: jobs at a time (default: cores).")
+def retry_cmd(config_path: Path | None, state: Path | None, tag: str,
+              workers: int | None) -> None:
+    """Retry failed and partial tasks (local backend: rerun the failed jobs)."""
+    from upp_grid.grid.control import retry, state_path
+    from upp_grid.grid.tables import format_status
+
+    report = retry(state_path(config_path, state), tag, workers)
+    click.echo(f"retried: {', '.join(report.acted_on) or 'nothing to retry'}")
+    click.echo(format_status(report))
+    if report.problem:
+        raise UppGridError(report.problem)
+
+
+@cli.command("kill")
+@_state_options
+@click.option("--tag", required=True, help="The submission tag.")
+def kill_cmd(config_path: Path | None, state: Path | None, tag: str) -> None:
+    """Kill the active tasks of a tag."""
+    from upp_grid.grid.control import kill, state_path
+    from upp_grid.grid.tables import format_status
+
+    report = kill(state_path(config_path, state), tag)
+    click.echo(f"killed: {', '.join(report.acted_on) or 'nothing active'}")
+    click.echo(format_status(report))
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("upp-grid-demo"), show_default=True,
@@ -169,13 +356,10 @@ def demo_cmd(workdir: Path, num_jets: int, seed: int) -> None:
     print_plan(config, report)
     if report.problems:
         raise UppGridError(report.problems[0])
-    from upp_grid.report import print_split_summary
+    from upp_grid.report import print_run_summary
+    from upp_grid.stages.run import run_chain
 
-    summary, cat = _run_split(config)
-    print_split_summary(config, summary, cat)
-    from upp_grid.report import print_weights_report
-
-    print_weights_report(_run_weights(config))
+    print_run_summary(config, run_chain(config, bar=progress_bar))
     click.echo(f"demo done: rerun any stage with -c {config_path}")
 
 

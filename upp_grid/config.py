@@ -238,7 +238,7 @@ class Config:
     @property
     def config_hash(self) -> str:
         """SHA-256 of the resolved config (includes inlined), for manifests and attrs."""
-        text = json.dumps(to_plain(self.raw), sort_keys=True, default=str)
+        text = json.dumps(to_plain(dict(self.raw)), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def split_cuts(self, split: str) -> Cuts:
@@ -246,7 +246,7 @@ class Config:
 
     def resolved_json(self) -> str:
         """The resolved config as JSON (stored in output attrs)."""
-        return json.dumps(to_plain(self.raw), default=str)
+        return json.dumps(to_plain(dict(self.raw)), default=str)
 
     def __reduce__(self) -> tuple:
         # picklable for worker processes: rebuilt from the resolved (already valid) data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -98,3 +99,110 @@ def print_split_summary(config: Config, summary, cat) -> None:
     for name in config.flavour_names:
         flav.add_row(name, *(f"{cat.num_jets[s][name]:,}" for s in SPLITS))
     con.print(flav)
+
+
+if TYPE_CHECKING:
+    from upp_grid.stages.weights import WeightsReport
+
+
+def print_weights_report(report: WeightsReport) -> None:
+    """Per reweight: bins populated/zeroed/empty, flatness, and per class entries and weights.
+
+    Entries are jets (jet groups) or valid tracks (track groups). ``zeroed`` entries are in
+    bins where another class is empty; ``out of range`` entries have no bin (no overflow).
+    """
+    con = _console()
+    for rw in report.reweights:
+        title = (f"{rw.name}: {rw.populated_bins:,} populated / {rw.zeroed_bins:,} zeroed / "
+                 f"{rw.empty_bins:,} empty of {rw.bins:,} bins, "
+                 f"flatness 1 ± {rw.flatness_max_deviation:.1e}")
+        table = Table(title=title, title_justify="left")
+        for col in (rw.class_var, "entries", "populated", "zeroed", "out of range",
+                    "weight min", "median", "max"):
+            table.add_column(col, justify="left" if col == rw.class_var else "right")
+        for c in rw.classes:
+            table.add_row(f"{c.label} {c.name}" if c.name != str(c.label) else c.name,
+                          f"{c.entries:,}", f"{c.populated:,}", f"{c.zeroed:,}",
+                          f"{c.out_of_range:,}", f"{c.weight_min:.4g}",
+                          f"{c.weight_median:.4g}", f"{c.weight_max:.4g}")
+        con.print(table)
+    t = report.timings
+    sampled = sum(f.jets for files in report.sample.values() for f in files)
+    con.print(f"histogrammed {sampled:,} train jets in {t.histogram_s:.2f} s; stage "
+              f"{t.total_s:.2f} s (plots {t.plots_s:.2f} s, {len(report.plots)} files)")
+    con.print(f"wrote {report.histograms}\nwrote {report.report}")
+
+
+if TYPE_CHECKING:
+    from upp_grid.stages.merge import MergeSummary
+    from upp_grid.stages.normalise import NormResult
+    from upp_grid.stages.run import RunSummary
+
+
+def _in_out_table(title: str, flavours: tuple[str, ...], jets_in: dict, jets_out: dict,
+                  splits: tuple[str, ...]) -> Table:
+    """Jets per flavour and split: catalogue (in) and written (out)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("flavour")
+    for s in splits:
+        table.add_column(f"{s} in", justify="right")
+        table.add_column(f"{s} out", justify="right")
+    for name in (*flavours, "total"):
+        cells = []
+        for s in splits:
+            n_in = sum(jets_in[s].values()) if name == "total" else jets_in[s][name]
+            n_out = sum(jets_out[s].values()) if name == "total" else jets_out[s][name]
+            cells += [f"{n_in:,}", f"{n_out:,}" if n_out == n_in else f"[red]{n_out:,}"]
+        table.add_row(f"[bold]{name}" if name == "total" else name, *cells)
+    return table
+
+
+def print_merge_summary(config: Config, summary: MergeSummary) -> None:
+    """Jets in and out per split and flavour, and the files and VDS written."""
+    con = _console()
+    splits = tuple(r.split for r in summary.results)
+    by = {r.split: r for r in summary.results}
+    con.print(_in_out_table("merge: jets per flavour (catalogue in, written out)",
+                            config.flavour_names, {s: by[s].jets_in for s in splits},
+                            {s: by[s].jets_out for s in splits}, splits))
+    for r in summary.results:
+        sizes = sorted({f.num_jets for f in r.files})
+        con.print(f"{r.split}: {len(r.files)} files of {', '.join(f'{n:,}' for n in sizes)} "
+                  f"jets ({r.reused} kept from an earlier run) in {r.files[0].path.parent}; "
+                  f"VDS {r.vds}")
+    con.print(f"merge took {summary.seconds:.1f} s")
+
+
+def print_norm_result(result: NormResult) -> None:
+    """How many jets and entries the norm used, and where it wrote."""
+    con = _console()
+    how = f"weighted by {result.weight}" if result.weight else "unweighted"
+    entries = ", ".join(f"{g} {n:,}" for g, n in result.entries.items())
+    con.print(f"norm ({how}) over {result.num_jets:,} train jets in {len(result.files)} files; "
+              f"entries used: {entries}")
+    con.print(f"wrote {result.norm_path}\nwrote {result.class_path}")
+
+
+def print_run_summary(config: Config, summary: RunSummary) -> None:
+    """The end of ``run``: jets in/out per split and flavour, files, time per stage."""
+    con = _console()
+    con.print(_in_out_table("run: jets per flavour (catalogue in, merged out)",
+                            config.flavour_names, summary.jets_in, summary.jets_out, SPLITS))
+    files = Table(title="files written", title_justify="left")
+    for col in ("split", "files", "directory", "virtual dataset", "kept from earlier run"):
+        files.add_column(col)
+    for s in SPLITS:
+        paths = summary.files[s]
+        files.add_row(s, str(len(paths)), str(paths[0].parent) if paths else "-",
+                      str(summary.vds[s]), str(summary.merge_reused[s]))
+    con.print(files)
+    times = Table(title="time per stage", title_justify="left")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for t in summary.timings:
+        times.add_row(t.stage, f"{t.seconds:.1f}")
+    times.add_row("[bold]total", f"{summary.seconds:.1f}")
+    con.print(times)
+    con.print(f"split: {summary.split_skipped} inputs already split by an earlier run")
+    con.print(f"histograms {summary.histograms}\nnorm {summary.norm.norm_path} "
+              f"({summary.norm.num_jets:,} train jets)\nclasses {summary.norm.class_path}")

@@ -1,34 +1,44 @@
-"""Split stage: one exact pass per input file into split × region × sample × flavour files.
+"""Split stage: one exact pass per input file into split, region, sample and flavour files.
 
 :func:`split_file` is the grid payload: it splits one input file into a directory with the
 fixed names ``output_<split>_<region>_<sample>_<flavour>.h5`` and always writes every declared
-output, even one with zero jets. A jet goes to a component when it passes the split cuts, the
+output, even one with zero jets. A jet goes to an output when it passes the split cuts, the
 region cuts (for every split, test included) and the flavour cuts. A jet that would land in two
-outputs of the same split, or in two splits, is an error: nothing is published.
+outputs of the same split, or in two splits, is an error: the whole file is still scanned to
+count such jets exactly, and nothing is published.
+
+Per batch of rows (chunk-aligned, capped in bytes so memory stays flat), the jets are routed to
+at most one output each; then every group is read once, the selected rows are gathered as opaque
+records ordered by output, the fields each split keeps are packed in a few byte-run copies, and
+each output receives one contiguous slice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 
+import h5py
 import numpy as np
-from ftag import Cuts
 from ftag.cuts import Cut
 
 from upp_grid.config import SPLITS, Component, Config
 from upp_grid.errors import BookkeepingError, InputError
 from upp_grid.h5io import (
     AtomicH5Writer,
-    batch_ranges,
+    FieldPacker,
+    aligned_batch_size,
     dataset,
     intermediate_codec,
     open_input,
     read_rows,
+    short_error,
     sub_dtype,
 )
 from upp_grid.inputs import FLAVOUR_LABEL
@@ -36,7 +46,10 @@ from upp_grid.inputs import FLAVOUR_LABEL
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "split-record.json"
+SPLIT_FORMAT = 2  # bump when the content of split outputs changes: old units are redone
 FLAVOUR_DTYPE = np.dtype("i4")
+BATCH_BYTES = 32 * 2**20  # per group and batch: bounds memory whatever the batch_size
+CHUNK_BYTES = 256 * 2**10  # uncompressed bytes per output chunk (small: less buffering)
 Progress = Callable[[int], None]
 
 
@@ -79,6 +92,7 @@ class SplitRecord:
             )
 
     def per_split(self) -> dict[str, int]:
+        """Jets written per split."""
         out = dict.fromkeys(SPLITS, 0)
         for name, count in self.outputs.items():
             out[name.split("_", 1)[0]] += count
@@ -86,7 +100,10 @@ class SplitRecord:
 
 
 def declared_outputs(config: Config, samples: Sequence[str]) -> list[Output]:
-    """Every output a file of ``samples`` produces: each split × component of those samples."""
+    """Every output a file of ``samples`` produces: each split and component of those samples.
+
+    Ordered by split (train, val, test), then by component in config order.
+    """
     labels = {name: i for i, name in enumerate(config.flavour_names)}
     comps = [c for c in config.components if c.sample.name in samples]
     return [Output(s, c, labels[c.flavour.name]) for s in SPLITS for c in comps]
@@ -98,6 +115,11 @@ def kept_fields(config: Config, group: str, split: str, names: Sequence[str]) ->
     train/val keep the configured variables plus what later stages need: reweight and class
     variables, ``valid`` for track-like groups, and ``eventNumber`` for jet-level bookkeeping.
     ``flavour_label`` is (re)written by the split and never copied from the input.
+
+    Raises
+    ------
+    InputError
+        If a needed field is missing (named, with the dataset).
     """
     if split == "test":
         return [n for n in names if n != FLAVOUR_LABEL]
@@ -106,12 +128,9 @@ def kept_fields(config: Config, group: str, split: str, names: Sequence[str]) ->
         for rw in config.reweighting.reweights:
             if rw.group == group:
                 want += [*rw.reweight_vars, rw.class_var]
-    if group == config.jets_name:
-        want.append("eventNumber")
-    else:
-        want.append("valid")
-    missing = [w for w in want if w not in names and w != FLAVOUR_LABEL
-               and w not in ("eventNumber",)]
+    want.append("eventNumber" if group == config.jets_name else "valid")
+    optional = {FLAVOUR_LABEL, "eventNumber"}
+    missing = [w for w in dict.fromkeys(want) if w not in names and w not in optional]
     if missing:
         raise InputError(f"dataset '{group}' has no field '{missing[0]}'")
     keep = set(want) - {FLAVOUR_LABEL}
@@ -119,59 +138,92 @@ def kept_fields(config: Config, group: str, split: str, names: Sequence[str]) ->
 
 
 def split_hash(config: Config) -> str:
-    """Hash of the parts of the config that change split outputs."""
-    import hashlib
-
+    """Hash of the parts of the config (and of the format) that change split outputs."""
     keys = ("variables", "global_cuts", "components", "reweighting")
     text = json.dumps({k: config.raw.get(k) for k in keys}, sort_keys=True, default=str)
-    text += config.jets_name
+    text += f"{config.jets_name}:{SPLIT_FORMAT}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class _Router:
-    """Evaluates each distinct cut once per batch and combines them into output masks."""
+    """Routes each jet to at most one output; evaluates each distinct cut once per batch."""
 
     def __init__(self, config: Config, outputs: list[Output]) -> None:
         self.outputs = outputs
-        self.split_cuts = {s: config.split_cuts(s) for s in SPLITS}
+        self.cuts = [config.split_cuts(o.split) + o.component.region.cuts
+                     + o.component.flavour.cuts for o in outputs]
+        self.overlaps: dict[tuple[int, int], int] = {}
 
-    def masks(self, jets: np.ndarray) -> list[np.ndarray]:
+    def route(self, jets: np.ndarray) -> np.ndarray:
+        """Output index per jet (-1: none). Jets in several outputs are counted in
+        :attr:`overlaps` (per pair of outputs) and routed to none."""
         cache: dict[Cut, np.ndarray] = {}
-
-        def mask(cuts: Cuts) -> np.ndarray:
-            m = np.ones(len(jets), dtype=bool)
+        n = len(jets)
+        dest = np.full(n, -1, dtype=np.int32)
+        taken = np.zeros(n, dtype=np.uint16)
+        masks = []
+        for i, cuts in enumerate(self.cuts):
+            m = np.ones(n, dtype=bool)
             for cut in cuts:
                 if cut not in cache:
                     cache[cut] = np.asarray(cut(jets), dtype=bool)
                 m &= cache[cut]
-            return m
+            dest[m] = i
+            taken += m
+            masks.append(m)
+        multi = taken > 1
+        if multi.any():
+            for i, j in combinations(range(len(masks)), 2):
+                both = int(np.count_nonzero(masks[i] & masks[j] & multi))
+                if both:
+                    self.overlaps[(i, j)] = self.overlaps.get((i, j), 0) + both
+            dest[multi] = -1
+        return dest
 
-        out = []
-        for o in self.outputs:
-            c = o.component
-            out.append(mask(self.split_cuts[o.split]) & mask(c.region.cuts)
-                       & mask(c.flavour.cuts))
-        return out
+    def overlap_error(self, path: Path, shown: int = 3) -> BookkeepingError:
+        """One line: the total, then the largest overlaps by pair of components."""
+        pairs: dict[str, int] = {}
+        for (i, j), n in self.overlaps.items():
+            a, b = self.outputs[i], self.outputs[j]
+            if a.split == b.split:
+                key = f"{a.component.name} and {b.component.name}"
+            else:
+                key = f"{a.name} and {b.name}"
+            pairs[key] = pairs.get(key, 0) + n
+        ranked = sorted(pairs.items(), key=lambda kv: -kv[1])
+        text = "; ".join(f"{n} in both {key}" for key, n in ranked[:shown])
+        if len(ranked) > shown:
+            text += f"; and {len(ranked) - shown} more pairs"
+        return BookkeepingError(
+            f"{path}: {sum(self.overlaps.values())} jets would be written twice ({text}): "
+            "regions, flavours, samples or split cuts overlap; nothing was written")
 
 
-def _check_disjoint(path: Path, outputs: list[Output], masks: list[np.ndarray], start: int
-                    ) -> np.ndarray:
-    """Fail if a jet lands in two outputs of one split or in two splits; return 'in any'."""
-    split_of = np.full(len(masks[0]) if masks else 0, -1, dtype=np.int8)
-    taken = np.zeros_like(split_of, dtype=np.int8)
-    for o, m in zip(outputs, masks, strict=True):
-        taken += m
-    if masks and (taken > 1).any():
-        bad = np.flatnonzero(taken > 1)
-        hit = [o for o, m in zip(outputs, masks, strict=True) if m[bad[0]]]
-        same_split = len({o.split for o in hit}) == 1
-        what = "two outputs of split " + hit[0].split if same_split else "two splits"
-        names = " and ".join(o.name for o in hit)
-        raise BookkeepingError(
-            f"{path}: {len(bad)} jets (first at row {start + bad[0]}) would go to {what}: "
-            f"{names}. Regions, flavours or split cuts overlap; fix the config."
-        )
-    return taken.astype(bool)
+@dataclass
+class _GroupPlan:
+    """How one input group is read and written: dataset, per-split dtypes, reused buffers."""
+
+    name: str
+    ds: h5py.Dataset
+    row_shape: tuple[int, ...]
+    record: np.dtype  # one input row (n_tracks entries for 2-D groups) as an opaque record
+    dtypes: dict[str, np.dtype]
+    packers: dict[str, FieldPacker]
+    buffer: np.ndarray  # rows read from the input
+    gathered: np.ndarray  # raw bytes: selected rows of one split
+    packed: np.ndarray  # raw bytes: the fields that split keeps
+
+    def gather(self, records: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        out = np.ndarray((len(idx),), self.record, self.gathered)
+        np.take(records, idx, out=out, mode="clip")  # "raise" would buffer a copy
+        return out.view(self.ds.dtype).reshape(len(idx), *self.row_shape)
+
+    def pack(self, split: str, rows: np.ndarray) -> np.ndarray:
+        packer = self.packers[split]
+        if packer.identity:
+            return rows
+        out = np.ndarray(rows.shape, self.dtypes[split], self.packed)
+        return packer.pack(rows, out)
 
 
 def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str],
@@ -186,113 +238,147 @@ def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str]
     InputError
         Unreadable file, or missing dataset/field (named, with the file).
     BookkeepingError
-        Overlapping outputs, or counts that do not add up.
+        Overlapping outputs (with the count and the output names), or counts that do not
+        add up.
     """
     path = Path(path)
     outputs = declared_outputs(config, samples)
     if not outputs:
         raise InputError(f"{path}: no component uses sample(s) {', '.join(samples)}")
-    groups = list(config.variables)
-    jets_name = config.jets_name
-    batch_size = config.global_.batch_size
-    router = _Router(config, outputs)
-    writers: list[AtomicH5Writer] = []
     stat = path.stat()
     record = SplitRecord(str(path), 0, input_size=stat.st_size,
                          input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config))
     with open_input(path) as f:
-        dsets = {g: dataset(f, g) for g in groups}
-        num = dsets[jets_name].shape[0]
-        for g, ds in dsets.items():
-            if ds.dtype.names is None:
-                raise InputError(f"{path}: dataset '{g}' is not a structured dataset")
-            if ds.shape[0] != num:
-                raise InputError(f"{path}: dataset '{g}' has {ds.shape[0]} rows but "
-                                 f"'{jets_name}' has {num}")
-        _check_cut_fields(path, dsets[jets_name].dtype.names, outputs, router)
-        dtypes = _output_dtypes(config, path, dsets)
-        out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for o in outputs:
-                spec = {g: (dtypes[o.split][g], dsets[g].shape[1:]) for g in groups}
-                attrs = {"split": o.split, "component": o.component.name,
-                         "flavour": o.component.flavour.name, "flavour_label": o.flavour_label,
-                         "input": path.name}
-                writers.append(AtomicH5Writer(out_dir / o.filename, spec, intermediate_codec(),
-                                              attrs))
-            counts = [0] * len(outputs)
-            chunk = (dsets[jets_name].chunks or (None,))[0]
-            for start, stop in batch_ranges(num, batch_size, chunk):
-                jets = read_rows(dsets[jets_name], start, stop)
-                masks = router.masks(jets)
-                in_any = _check_disjoint(path, outputs, masks, start)
-                record.no_component += int((~in_any).sum())
-                batch = {g: (jets if g == jets_name else read_rows(dsets[g], start, stop))
-                         for g in groups}
-                for i, (o, m) in enumerate(zip(outputs, masks, strict=True)):
-                    idx = np.flatnonzero(m)
-                    if not len(idx):
-                        continue
-                    for g in groups:
-                        rows = _select(batch[g], idx, dtypes[o.split][g])
-                        if g == jets_name:
-                            rows[FLAVOUR_LABEL] = o.flavour_label
-                        writers[i].append(g, rows)
-                    counts[i] += len(idx)
-                record.jets_read += stop - start
-                if progress:
-                    progress(stop - start)
-            for o, w, n in zip(outputs, writers, counts, strict=True):
-                record.outputs[o.name] = w.commit(expected=n)
-        except BaseException:
-            for w in writers:
-                w.abort()
-            raise
+            _split_open_file(config, f, path, out_dir, outputs, record, progress)
+        except (OSError, RuntimeError, KeyError) as err:  # HDF5 errors not caught closer
+            raise InputError(f"{path}: HDF5 error while splitting (corrupt input or "
+                             f"unwritable {out_dir}?): {short_error(err)}") from None
     record.check()
     _write_record(out_dir / RECORD_NAME, record)
     return record
 
 
-def _check_cut_fields(path: Path, names: Sequence[str], outputs: list[Output],
+def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
+                     outputs: list[Output], record: SplitRecord,
+                     progress: Progress | None) -> None:
+    jets_name = config.jets_name
+    dsets = {g: dataset(f, g) for g in config.variables}
+    num = dsets[jets_name].shape[0]
+    for g, ds in dsets.items():
+        if ds.dtype.names is None:
+            raise InputError(f"{path}: dataset '{g}' is not a structured dataset")
+        if ds.shape[0] != num:
+            raise InputError(f"{path}: dataset '{g}' has {ds.shape[0]} rows but "
+                             f"'{jets_name}' has {num}")
+    router = _Router(config, outputs)
+    _check_cut_fields(path, jets_name, dsets[jets_name].dtype.names, router)
+    batch, _ = aligned_batch_size(list(dsets.values()), config.global_.batch_size, BATCH_BYTES)
+    plans = {g: _plan_group(config, path, g, ds, min(batch, max(num, 1)))
+             for g, ds in dsets.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writers: list[AtomicH5Writer] = []
+    try:
+        for o in outputs:
+            spec = {g: (p.dtypes[o.split], p.row_shape) for g, p in plans.items()}
+            attrs = {"split": o.split, "component": o.component.name,
+                     "flavour": o.component.flavour.name, "flavour_label": o.flavour_label,
+                     "input": path.name}
+            writers.append(AtomicH5Writer(out_dir / o.filename, spec, intermediate_codec(),
+                                          attrs, chunk_bytes=CHUNK_BYTES))
+        counts = np.zeros(len(outputs), dtype=np.int64)
+        labels = np.array([o.flavour_label for o in outputs], dtype=FLAVOUR_DTYPE)
+        split_of = np.array([SPLITS.index(o.split) for o in outputs])
+        for start in range(0, num, batch):
+            stop = min(start + batch, num)
+            jets = read_rows(plans[jets_name].ds, start, stop, plans[jets_name].buffer)
+            dest = router.route(jets)
+            if router.overlaps:  # keep scanning (jets only) to count every duplicate
+                record.jets_read += stop - start
+                continue
+            per_output = np.bincount(dest + 1, minlength=len(outputs) + 1)
+            record.no_component += int(per_output[0])
+            counts += per_output[1:]
+            _write_batch(plans, jets_name, jets, dest, per_output[1:], split_of, labels,
+                         writers, start, stop)
+            record.jets_read += stop - start
+            if progress:
+                progress(stop - start)
+        if router.overlaps:
+            raise router.overlap_error(path)
+        for o, w, n in zip(outputs, writers, counts, strict=True):
+            record.outputs[o.name] = w.commit(expected=int(n))
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+
+
+def _plan_group(config: Config, path: Path, g: str, ds: h5py.Dataset, rows: int) -> _GroupPlan:
+    row_shape = tuple(ds.shape[1:])
+    per_row = int(np.prod(row_shape, dtype=np.int64))
+    dtypes, packers = {}, {}
+    for split in SPLITS:
+        try:
+            fields = kept_fields(config, g, split, ds.dtype.names)
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
+        dtype = sub_dtype(ds.dtype, fields)
+        if g == config.jets_name:
+            dtype = np.dtype([*dtype.descr, (FLAVOUR_LABEL, FLAVOUR_DTYPE.str)])
+        dtypes[split] = dtype
+        packers[split] = FieldPacker(ds.dtype, dtype)
+    record = np.dtype((np.void, ds.dtype.itemsize * per_row))
+    packed_bytes = max((dtypes[s].itemsize for s in SPLITS if not packers[s].identity),
+                       default=0) * per_row * rows
+    return _GroupPlan(g, ds, row_shape, record, dtypes, packers,
+                      buffer=np.empty((rows, *row_shape), dtype=ds.dtype),
+                      gathered=np.empty(record.itemsize * rows, dtype=np.uint8),
+                      packed=np.empty(packed_bytes, dtype=np.uint8))
+
+
+def _write_batch(plans: dict[str, _GroupPlan], jets_name: str, jets: np.ndarray,
+                 dest: np.ndarray, per_output: np.ndarray, split_of: np.ndarray,
+                 labels: np.ndarray, writers: list[AtomicH5Writer], start: int,
+                 stop: int) -> None:
+    """Gather, pack and append one batch: each output gets one contiguous slice per group."""
+    selected = dest >= 0
+    if not selected.any():
+        return
+    idx = np.flatnonzero(selected)
+    order = idx[np.argsort(dest[idx], kind="stable")]  # by output, input order within one
+    dest_sorted = dest[order]
+    bounds = np.concatenate([[0], np.cumsum(per_output)])
+    for g, plan in plans.items():
+        rows = jets if g == jets_name else read_rows(plan.ds, start, stop, plan.buffer)
+        records = rows.reshape(len(rows), -1).view(plan.record).reshape(len(rows))
+        for s, split in enumerate(SPLITS):
+            outs = np.flatnonzero(split_of == s)
+            lo, hi = bounds[outs[0]], bounds[outs[-1] + 1]
+            if hi == lo:
+                continue
+            packed = plan.pack(split, plan.gather(records, order[lo:hi]))
+            if g == jets_name:
+                packed[FLAVOUR_LABEL] = labels[dest_sorted[lo:hi]]
+            for i in outs:
+                if per_output[i]:
+                    writers[i].append(g, packed[bounds[i] - lo:bounds[i + 1] - lo])
+
+
+def _check_cut_fields(path: Path, jets_name: str, names: Sequence[str],
                       router: _Router) -> None:
     have = set(names)
-    for o in outputs:
-        cuts = router.split_cuts[o.split] + o.component.region.cuts + o.component.flavour.cuts
+    for o, cuts in zip(router.outputs, router.cuts, strict=True):
         for var in cuts.variables:
             if var not in have:
-                raise InputError(f"{path}: dataset 'jets' has no field '{var}' "
+                raise InputError(f"{path}: dataset '{jets_name}' has no field '{var}' "
                                  f"(needed by the cuts of {o.name})")
-
-
-def _output_dtypes(config: Config, path: Path, dsets: dict) -> dict[str, dict[str, np.dtype]]:
-    out: dict[str, dict[str, np.dtype]] = {}
-    for split in SPLITS:
-        out[split] = {}
-        for g, ds in dsets.items():
-            try:
-                fields = kept_fields(config, g, split, ds.dtype.names)
-            except InputError as err:
-                raise InputError(f"{path}: {err}") from None
-            dtype = sub_dtype(ds.dtype, fields)
-            if g == config.jets_name:
-                dtype = np.dtype(dtype.descr + [(FLAVOUR_LABEL, FLAVOUR_DTYPE.str)])
-            out[split][g] = dtype
-    return out
-
-
-def _select(rows: np.ndarray, idx: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Rows ``idx`` of ``rows`` with the fields of ``dtype`` (``flavour_label`` left unset)."""
-    out = np.empty((len(idx), *rows.shape[1:]), dtype=dtype)
-    for name in dtype.names:
-        if name != FLAVOUR_LABEL:
-            out[name] = rows[name][idx]
-    return out
 
 
 def _write_record(path: Path, record: SplitRecord) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(asdict(record), indent=1))
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def read_record(unit_dir: Path) -> SplitRecord | None:
@@ -302,3 +388,4 @@ def read_record(unit_dir: Path) -> SplitRecord | None:
         return SplitRecord(**data)
     except (OSError, ValueError, TypeError):
         return None
+

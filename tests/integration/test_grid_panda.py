@@ -1,0 +1,269 @@
+"""`upp-grid submit/status/retry/kill` with the real pandaclient against the fake PanDA server.
+
+Each command runs as a user would run it (``python -m upp_grid`` in a subprocess) with the fake
+server's environment; the tests read what the server received and what the state DB recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from tests.fakes.panda_server import FakePanda
+from tests.integration.test_grid_support import (
+    TTBAR,
+    ZPRIME,
+    Project,
+    input_files,
+    make_project,
+    run_cli,
+)
+from upp_grid.config import load_config
+from upp_grid.grid.state import StateDB
+from upp_grid.stages.split import declared_outputs
+
+pytest.importorskip("pandaclient")
+
+NICK = "testuser"
+OUT_DS = {TTBAR: f"user.{NICK}.601589.e8547_s3797_r13144_p6859.t1_split.h5",
+          ZPRIME: f"user.{NICK}.800030.e7954_s3797_r13144_p6859.t1_split.h5"}
+SAMPLE = {TTBAR: "ttbar", ZPRIME: "zprime"}
+
+
+@pytest.fixture
+def fake(tmp_path: Path):
+    with FakePanda(tmp_path / "panda-cache") as server:
+        yield server
+        server.wait_for_hooks()
+        assert server.hook_errors == []
+        assert server.server_errors == []
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return make_project(tmp_path / "work")
+
+
+def cli(project: Project, fake: FakePanda | None, *args: str, **env: str
+        ) -> subprocess.CompletedProcess[str]:
+    full = {**project.env, **(fake.client_env(nickname=NICK) if fake else {}), **env}
+    return run_cli(args, full, cwd=project.base)
+
+
+def status_json(project: Project, fake: FakePanda) -> dict[str, dict[str, Any]]:
+    done = cli(project, fake, "status", "--state", project.state, "--tag", "t1", "--json")
+    assert done.returncode == 0, done.stderr
+    return {t["container"]: t for t in json.loads(done.stdout)["tags"][0]["tasks"]}
+
+
+def submitted(project: Project) -> list[tuple[str, int | None, str, int]]:
+    """(container, jediTaskID, status, attempt) of every recorded task."""
+    if not project.state.exists():
+        return []
+    with StateDB(project.state) as state:
+        return [(t.container, t.jedi_task_id, t.status, t.attempt) for t in state.tasks("t1")]
+
+
+def job_parameter(params: dict[str, Any], prefix: str) -> str:
+    return next(str(item["value"]) for item in params["jobParameters"]
+                if item["type"] == "constant" and str(item["value"]).startswith(prefix))
+
+
+def exec_of(params: dict[str, Any]) -> str:
+    """The --exec of a task: the URL-quoted constant after ``-p "``."""
+    values = [str(item["value"]) for item in params["jobParameters"]]
+    return unquote(values[values.index('-p "') + 1])
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("upp-grid: error:")]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def test_submit_sends_one_prun_task_per_container_and_records_it(fake, project, tmp_path):
+    done = cli(project, fake, "submit", "-c", project.config, "--tag", "t1", "--",
+               "--memory", "2000")
+
+    assert done.returncode == 0, done.stderr
+    assert fake.task_ids == [1000, 1001]
+    # one upload: the second task reuses the same sandbox (same size and checksum)
+    (archive, uploaded), = fake.uploaded_files.items()
+    assert archive.startswith("sources.")  # --noCompile: the 768 MiB sandbox limit
+    assert uploaded.read_bytes() == project.sandbox("t1").read_bytes()
+    config = load_config(project.config)
+    for task_id, container in zip((1000, 1001), (TTBAR, ZPRIME), strict=True):
+        params, out_ds = fake.submitted_params(task_id), OUT_DS[container]
+        files = [o.filename for o in declared_outputs(config, [SAMPLE[container]])]
+        assert params["dsForIN"] == container
+        assert params["taskName"] == f"{out_ds}/"
+        assert {item["dataset"]: item["value"] for item in params["jobParameters"]
+                if item.get("param_type") == "output"} == {
+            f"{out_ds}_{f}/": f"user.{NICK}.$JEDITASKID._${{SN/P}}.{f}" for f in files}
+        assert exec_of(params) == f"bash grid/split.sh --samples {SAMPLE[container]} %IN"
+        assert params["nFilesPerJob"] == 1
+        assert params["useLocalIO"] == 1  # --forceStaged
+        assert params["buildSpec"]["archiveName"] == archive
+        assert job_parameter(params, "-l ") == "-l ${LIB}"
+        assert params["sourceURL"] == fake.base_url
+        assert "--memory 2000" in params["cliParams"]
+    assert submitted(project) == [(TTBAR, 1000, "submitted", 1), (ZPRIME, 1001, "submitted", 1)]
+    assert OUT_DS[TTBAR] in done.stdout and "1000" in done.stdout
+
+
+def test_uploaded_sandbox_runs_the_task_exec_like_a_grid_job(fake, project, tmp_path):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    params = fake.submitted_params(1000)
+    job = tmp_path / "worker-node"
+    with tarfile.open(fake.uploaded_files[params["buildSpec"]["archiveName"]]) as tar:
+        tar.extractall(job, filter="tar")
+    source = input_files(project, TTBAR)[0]
+    (job / source.name).write_bytes(source.read_bytes())  # --forceStaged: a local copy
+    command = exec_of(params).replace("%IN", shlex.quote(source.name))
+
+    ran = subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", "bash", "-c", command], cwd=job,
+                         capture_output=True, text=True, timeout=300, check=False)
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    declared = {str(item["dataset"]).rstrip("/").removeprefix(f"{OUT_DS[TTBAR]}_")
+                for item in params["jobParameters"] if item.get("param_type") == "output"}
+    assert declared == {p.name for p in job.glob("output_*.h5")}
+
+
+def test_status_maps_jedi_states_and_a_failed_task_is_retried(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "failed", nfiles=2, nfiles_finished=1, nfiles_failed=1)
+    fake.set_task_status(1001, "done", nfiles=2, nfiles_finished=2, nfiles_failed=0)
+
+    before = status_json(project, fake)
+    retried = cli(project, fake, "retry", "--state", project.state, "--tag", "t1")
+    after_retry = status_json(project, fake)
+    fake.set_task_status(1000, "finished", nfiles=2, nfiles_finished=1, nfiles_failed=1)
+    finished = status_json(project, fake)
+
+    assert (before[TTBAR]["status"], before[TTBAR]["backend_status"]) == ("failed", "failed")
+    assert (before[TTBAR]["n_files"], before[TTBAR]["n_files_finished"],
+            before[TTBAR]["n_files_failed"]) == (2, 1, 1)
+    assert before[ZPRIME]["status"] == "done"
+    assert retried.returncode == 0, retried.stderr
+    assert f"retried: {TTBAR}" in retried.stdout
+    assert fake.commands == [("retry", 1000)]  # the done task is left alone
+    assert after_retry[TTBAR]["status"] == "running"
+    assert finished[TTBAR]["status"] == "partial"
+    with StateDB(project.state) as state:
+        history = [e.event for e in state.events("t1") if e.container == TTBAR]
+    assert history == ["submitted", "failed", "retry", "running", "partial"]
+
+
+def test_resubmit_skips_submitted_containers_and_force_submits_again_after_kill(fake, project):
+    first = cli(project, fake, "submit", "-c", project.config, "--tag", "t1")
+    again = cli(project, fake, "submit", "-c", project.config, "--tag", "t1")
+    duplicate = cli(project, fake, "submit", "-c", project.config, "--tag", "t1", "--force")
+    killed = cli(project, fake, "kill", "-c", project.config, "--tag", "t1")  # state via -c
+    aborted = status_json(project, fake)
+    forced = cli(project, fake, "submit", "-c", project.config, "--tag", "t1", "--force")
+
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped (already submitted") == 2
+    # JEDI refuses a second live task with the same name: nothing new is recorded
+    assert "already used by jediTaskID=1000" in one_line_error(duplicate)
+    assert killed.returncode == 0, killed.stderr
+    assert fake.commands == [("kill", 1000), ("kill", 1001)]
+    assert {c: t["status"] for c, t in aborted.items()} == {TTBAR: "aborted", ZPRIME: "aborted"}
+    assert forced.returncode == 0, forced.stderr
+    assert fake.task_ids == [1000, 1001, 1002, 1003]
+    assert len(fake.requests_to("task/submit")) == 5  # first 2, the refused one, forced 2
+    assert submitted(project) == [(TTBAR, 1002, "submitted", 2), (ZPRIME, 1003, "submitted", 2)]
+
+
+def test_no_grid_proxy_is_a_one_line_error_and_nothing_is_recorded(fake, project, tmp_path):
+    missing = tmp_path / "no-such-proxy"
+
+    done = cli(project, None, "submit", "-c", project.config, "--tag", "t1",
+               "--rucio-user", NICK, PANDA_URL_SSL=fake.url, PANDACACHE_URL=fake.url,
+               X509_USER_PROXY=str(missing))
+
+    error = one_line_error(done)
+    assert f"no grid proxy at {missing}" in error and "voms-proxy-init -voms atlas" in error
+    assert fake.requests == []
+    assert submitted(project) == []
+
+
+def test_credentials_refused_by_the_server_are_a_one_line_error(fake, project):
+    fake.fail_auth()
+
+    done = cli(project, fake, "submit", "-c", project.config, "--tag", "t1")
+
+    error = one_line_error(done)
+    assert "PanDA refused" in error and "grid proxy" in error and "token" in error
+    assert fake.task_ids == []
+    assert submitted(project) == []
+
+
+def test_unreachable_server_is_a_one_line_error_and_nothing_is_recorded(project):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/server/panda"
+
+    done = cli(project, None, "submit", "-c", project.config, "--tag", "t1",
+               PANDA_URL_SSL=url, PANDA_URL=url, PANDACACHE_URL=url, PANDA_AUTH="x509_no_grid",
+               PANDA_NICKNAME=NICK, PANDA_BEHIND_REAL_LB="1", NO_PROXY="127.0.0.1")
+
+    assert f"cannot reach PanDA at {url}" in one_line_error(done)
+    assert submitted(project) == []
+
+
+# ------------------------------------------------------------------------------- dry run
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def check_dry_run(project: Project, done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, done.stderr
+    header = next(ln for ln in done.stdout.splitlines() if ln.startswith("container"))
+    assert header.split() == ["container", "files", "outDS", "outputs", "exec"]
+    for container in (TTBAR, ZPRIME):
+        row = next(ln for ln in done.stdout.splitlines() if ln.startswith(container)).split()
+        assert row[1:4] == ["2", OUT_DS[container], "12"]
+        task = json.loads((project.base / "submission" / "t1" / "tasks" /
+                           f"{container}.json").read_text())
+        assert task["task_params"]["taskName"] == f"{OUT_DS[container]}/"
+        assert task["task_params"]["dsForIN"] == container
+        assert exec_of(task["task_params"]) == task["command"]
+    assert project.sandbox("t1").is_file()
+    assert "nothing was submitted" in done.stdout
+    assert not project.state.exists()
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="unshare -rn (a network namespace) unavailable")
+def test_dry_run_builds_sandbox_and_task_parameters_without_any_network(project):
+    # production URLs (the default): unreachable inside the empty network namespace
+    done = subprocess.run(
+        ["unshare", "-rn", sys.executable, "-m", "upp_grid", "submit", "-c",
+         str(project.config), "--tag", "t1", "--dryrun", "--rucio-user", NICK],
+        env=project.env, cwd=project.base, capture_output=True, text=True, timeout=300,
+        check=False)
+
+    check_dry_run(project, done)
+
+
+def test_dry_run_sends_nothing_to_the_configured_server(fake, project):
+    done = cli(project, fake, "submit", "-c", project.config, "--tag", "t1", "--dryrun")
+
+    check_dry_run(project, done)
+    assert fake.requests == []

@@ -1,0 +1,89 @@
+"""Helpers shared by the grid tests (this module holds no tests).
+
+* :func:`linked_env`: a real but tiny virtualenv whose site-packages only links (``.pth``) to
+  the running env's site-packages. A sandbox of it is a few hundred kB, yet the job command
+  runs from it (third-party packages through the link, upp_grid from the sandbox). The test
+  in test_grid_payload.py packs the real ./env instead.
+* :func:`make_project`: mock ntuples in two grid-style containers plus the demo config.
+* :func:`run_cli`: ``python -m upp_grid`` in a subprocess, with the working tree first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from upp_grid.demo import bundled_config_text
+from upp_grid.mock import make_mock
+
+REPO = Path(__file__).resolve().parents[2]
+TTBAR = "user.mock.601589.e8547_s3797_r13144_p6859.tdd.MockDump.25_2_56.mock_output.h5"
+ZPRIME = "user.mock.800030.e7954_s3797_r13144_p6859.tdd.MockDump.25_2_56.mock_output.h5"
+# the developer's grid setup must not leak into the tests
+_SCRUBBED = ("PANDA", "X509", "OIDC", "RUCIO", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+             "NO_PROXY", "UPP_GRID", "PYTHONPATH", "CMAKE_PREFIX_PATH", "CMTCONFIG")
+
+
+@dataclass(frozen=True)
+class Project:
+    """A base_dir with mock ntuples and a config, and the environment to run the CLI in."""
+
+    base: Path
+    config: Path
+    env: dict[str, str]
+
+    @property
+    def state(self) -> Path:
+        return self.base / "upp-grid.sqlite"
+
+    def sandbox(self, tag: str) -> Path:
+        return self.base / "submission" / tag / "sandbox.tar.gz"
+
+
+def linked_env(root: Path) -> Path:
+    """A ``python -m venv`` env under ``root`` linked to the running env's site-packages."""
+    env = root / "linked-env"
+    if not (env / "pyvenv.cfg").is_file():
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--without-pip", str(env)], check=True)
+        site = next(env.glob("lib/python3*/site-packages"))
+        (site / "_upp_grid_test_link.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return env
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """``os.environ`` without grid settings, with the working tree importable."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_SCRUBBED)}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def make_project(base: Path, *, jets: int = 4000, files: int = 4, seed: int = 7,
+                 env_dir: Path | None = None) -> Project:
+    """Mock containers (``files`` alternate between ttbar and Z') and the demo config."""
+    make_mock(base / "ntuples", num_jets=jets, num_files=files, seed=seed)
+    data = yaml.safe_load(bundled_config_text())
+    data["global"]["base_dir"] = str(base)
+    config = base / "config.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = clean_env(UPP_GRID_ENV=str(env_dir or linked_env(base)), HOME=str(base))
+    return Project(base, config, env)
+
+
+def run_cli(args: Sequence[str], env: dict[str, str], cwd: Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m upp_grid ARGS``."""
+    return subprocess.run([sys.executable, "-m", "upp_grid", *map(str, args)], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def input_files(project: Project, container: str) -> list[Path]:
+    return sorted((project.base / "ntuples" / container).glob("*.h5"))

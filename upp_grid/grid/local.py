@@ -1,0 +1,266 @@
+"""The local backend: the grid jobs, run here, from the same sandbox, in a pool of processes.
+
+The sandbox is unpacked once into ``<work_dir>/sandbox``. Each job (one input file) runs the
+task's exact worker command in its own directory ``<work_dir>/jobs/<task>/<job>``, which holds
+links to the sandbox members and the staged (linked) input, just as a grid job's work
+directory holds the unpacked sandbox and the staged input. Its declared outputs go into the
+:class:`~upp_grid.grid.store.LocalStore` as ``<scope>/<output container>/<file>``, named like
+PanDA names them (``user.<nick>.<task>._<job>.output_….h5``).
+
+Job states: queued, running, done, failed, with the attempt number, exit code and log
+(``<work_dir>/logs/<task>/<job>.<attempt>.log``). A running job records its pid and the
+process start time; a refresh marks a running job whose process is gone as failed (lost), so
+a killed run never stays "running".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from upp_grid.grid import backend as states
+from upp_grid.grid import sandbox as sandboxes
+from upp_grid.grid.jobs import TaskSpec
+from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
+from upp_grid.grid.store import LocalStore
+
+log = logging.getLogger(__name__)
+
+SANDBOX_MEMBERS = ("env", "grid", "config.yaml", "manifest.json")
+_UNPACKED_MARK = ".unpacked-from"
+_START_GRACE_S = 60  # a claimed job gets this long to record its pid before it counts as lost
+_JOB_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
+
+
+# ------------------------------------------------------------------------------- processes
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first); [] if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text[text.rfind(")") + 2:].split()
+
+
+def proc_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot), to tell it from a reused pid."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else None
+
+
+def is_alive(pid: int, started: str | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (zombies do not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    fields = _proc_stat(pid)
+    if not fields:
+        return True  # no /proc: trust kill(0)
+    if fields[0] in ("Z", "X"):
+        return False
+    return started is None or len(fields) < 20 or fields[19] == started
+
+
+def _age_s(stamp: str | None) -> float:
+    if not stamp:
+        return float("inf")
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(stamp)).total_seconds()
+
+
+# --------------------------------------------------------------------------------- backend
+class LocalBackend:
+    """Runs jobs with at most ``workers`` at a time (default: the number of cores)."""
+
+    name = "local"
+
+    def __init__(self, state: StateDB, workers: int | None = None) -> None:
+        self.state = state
+        self.workers = max(1, workers or os.cpu_count() or 1)
+
+    def submit(self, submission: Submission, specs: Sequence[TaskSpec],
+               sandbox: Callable[[], Path]) -> list[TaskRecord]:
+        self._unpack(submission, sandbox())
+        ids = []
+        for spec in specs:
+            task = self.state.record_task(submission, spec, status=states.SUBMITTED,
+                                          detail=f"{len(spec.files)} jobs")
+            self.state.reset_jobs(task.id, [str(f.absolute()) for f in spec.files])
+            ids.append(task.id)
+        self._run(submission, ids)
+        return self.refresh(submission)
+
+    def refresh(self, submission: Submission) -> list[TaskRecord]:
+        for task in self.state.tasks(submission.tag):
+            self._reap_lost(task)
+            self._summarise(task)
+        return self.state.tasks(submission.tag)
+
+    def retry(self, submission: Submission) -> list[TaskRecord]:
+        ids = []
+        for task in self.refresh(submission):
+            n = self.state.requeue_failed(task.id)
+            if n:
+                self.state.update_task(task.id, status=states.RUNNING,
+                                       backend_status=task.backend_status,
+                                       detail=f"retry {n} failed job(s)")
+            # queued jobs too: their runner may be gone (a killed submit); claiming is atomic,
+            # so a runner that is still alive and this one never run the same job twice
+            if n or any(j.state == "queued" for j in self.state.jobs(task.id)):
+                ids.append(task.id)
+        if ids:
+            self._unpack(submission, Path(submission.sandbox))
+            self._run(submission, ids)
+        return self.refresh(submission)
+
+    def kill(self, submission: Submission) -> list[TaskRecord]:
+        for task in self.refresh(submission):
+            stopped = self.state.fail_queued(task.id, "killed before it ran")
+            for job in self.state.jobs(task.id):
+                if job.state != "running":
+                    continue
+                if job.pid is not None and is_alive(job.pid, job.proc_start):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(job.pid, signal.SIGTERM)
+                stopped += self.state.finish_job(job, "failed", None, "killed")
+            if stopped:
+                self.state.update_task(task.id, status=states.ABORTED,
+                                       backend_status=task.backend_status,
+                                       detail=f"kill: {stopped} job(s) stopped")
+        return self.refresh(submission)
+
+    # ---------------------------------------------------------------------------- internals
+    def _unpack(self, submission: Submission, sandbox: Path) -> Path:
+        """Unpack the sandbox once per content into ``<work_dir>/sandbox``."""
+        work = Path(submission.work_dir or sandbox.parent / "local")
+        target = work / "sandbox"
+        st = sandbox.stat()
+        mark = f"{sandbox.absolute()} {st.st_size} {st.st_mtime_ns}"
+        if (target / _UNPACKED_MARK).is_file() and (target / _UNPACKED_MARK).read_text() == mark:
+            return target
+        staging = work / f".sandbox-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("unpacking %s into %s", sandbox, target)
+        sandboxes.unpack(sandbox, staging)
+        (staging / _UNPACKED_MARK).write_text(mark)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        return target
+
+    def _run(self, submission: Submission, task_ids: Sequence[int]) -> None:
+        todo = [(self.state.task(tid), job) for tid in task_ids
+                for job in self.state.jobs(tid) if job.state == "queued"]
+        if not todo:
+            return
+        log.info("running %d job(s) with %d worker(s)", len(todo), self.workers)
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(todo))) as pool:
+            futures = [pool.submit(self._run_job, submission, task, job.index)
+                       for task, job in todo]
+            for future in futures:
+                future.result()
+
+    def _run_job(self, submission: Submission, task: TaskRecord, index: int) -> None:
+        work = Path(submission.work_dir or "")
+        with StateDB(self.state.path) as state:  # one connection per thread
+            log_base = work / "logs" / str(task.id) / f"{index:06d}"
+            job = state.claim_job(task.id, index, str(log_base))
+            if job is None:
+                return
+            job_dir = work / "jobs" / str(task.id) / f"{index:06d}"
+            try:
+                command = _stage(job_dir, work / "sandbox", Path(job.input), task.command)
+                code = _execute(state, job, command, job_dir)
+            except OSError as err:
+                state.finish_job(job, "failed", None, f"cannot start the job: {err}")
+                return
+            missing = [o.file for o in task.outputs if not (job_dir / o.file).is_file()]
+            if code != 0 or missing:
+                error = (f"exit code {code}: {_last_line(job.log_path)}" if code != 0
+                         else f"declared output {missing[0]} missing")
+                state.finish_job(job, "failed", code, error)
+                log.warning("job %d of %s failed: %s", index, task.container, error)
+                return
+            store = LocalStore(Path(submission.store_dir or work / "store"))
+            for output in task.outputs:
+                name = f"{task.scope}.{task.id}._{index:06d}.{output.file}"
+                store.publish(job_dir / output.file, task.scope, output.container, name)
+            state.finish_job(job, "done", 0, None)
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _reap_lost(self, task: TaskRecord) -> None:
+        for job in self.state.jobs(task.id):
+            if job.state != "running":
+                continue
+            if job.pid is None:
+                lost = _age_s(job.started_at) > _START_GRACE_S
+            else:
+                lost = not is_alive(job.pid, job.proc_start)
+            if lost and self.state.finish_job(job, "failed", None,
+                                              f"lost: process {job.pid} is gone (killed?)"):
+                log.warning("job %d of %s was lost (process %s gone): marked failed",
+                            job.index, task.container, job.pid)
+
+    def _summarise(self, task: TaskRecord) -> None:
+        jobs = self.state.jobs(task.id)
+        count = {s: sum(j.state == s for j in jobs) for s in ("queued", "running", "done",
+                                                               "failed")}
+        active = count["queued"] + count["running"]
+        if task.status == states.ABORTED and not count["running"]:
+            status = states.ABORTED
+        elif active:
+            started = count["running"] + count["done"] + count["failed"]
+            status = states.RUNNING if started else states.SUBMITTED
+        elif count["done"] == len(jobs):
+            status = states.DONE
+        else:
+            status = states.PARTIAL if count["done"] else states.FAILED
+        detail = ", ".join(f"{n} {s}" for s, n in count.items() if n)
+        self.state.update_task(task.id, status=status, backend_status=detail or "no jobs",
+                               counts=(len(jobs), count["done"], count["failed"]))
+
+
+def _stage(job_dir: Path, sandbox_dir: Path, input_path: Path, command: str) -> str:
+    """Lay out a job's directory like a grid job's; returns the command with ``%IN`` set."""
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job_dir.mkdir(parents=True)
+    for name in SANDBOX_MEMBERS:
+        (job_dir / name).symlink_to(sandbox_dir.absolute() / name)
+    staged = job_dir / input_path.name
+    staged.symlink_to(input_path.absolute())
+    return command.replace("%IN", shlex.quote(staged.name))
+
+
+def _execute(state: StateDB, job: JobRecord, command: str, job_dir: Path) -> int:
+    assert job.log_path is not None
+    log_path = Path(job.log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: os.environ[k] for k in _JOB_ENV if k in os.environ}
+    env.update(HOME=str(job_dir), TMPDIR=str(job_dir))
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=job_dir, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        state.job_started(job, proc.pid, proc_start(proc.pid))
+        return proc.wait()
+
+
+def _last_line(log_path: str | None) -> str:
+    if not log_path:
+        return ""
+    try:
+        lines = [ln for ln in Path(log_path).read_text(errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""

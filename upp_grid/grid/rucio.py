@@ -1,0 +1,310 @@
+"""rucio transfer: list a dataset's files with sizes and adler32, fetch them, verify them.
+
+Only the Python API of rucio-clients is used (DESIGN.md §6):
+
+* :meth:`RucioSource.list_files` calls ``DIDClient.list_files`` on a dataset or a container
+  (rucio resolves containers to their files). A name that does not exist gives ``None``; ATLAS
+  containers end in ``/``, so the other spelling (with or without the slash) is tried too.
+* :meth:`RucioSource.fetch` calls ``DownloadClient.download_dids`` for a batch of file DIDs, into
+  one flat staging directory (``no_subdir``), with ``ignore_checksum`` set: the caller verifies
+  the size and adler32 of every file itself (:func:`verify_file`), so each file is hashed once,
+  and a checksum mismatch can be told apart from an unreadable replica. Per-file outcomes come
+  back as a :class:`FetchOutcome`; nothing is raised for one bad file.
+
+The client needs a ``[client]`` rucio.cfg: ``$RUCIO_CONFIG``, else ``rucio.cfg`` in
+``$RUCIO_HOME/etc``, ``$VIRTUAL_ENV/etc``, ``$CONDA_PREFIX/etc`` or ``/opt/rucio/etc`` (rucio's
+own search order). :func:`find_rucio_config` finds it or says what to set up.
+
+rucio's client logs (one INFO line per file) go to the ``upp_grid.grid.rucio.client`` logger at
+DEBUG level: the download reports outcomes itself.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from upp_grid.errors import UppGridError
+
+log = logging.getLogger(__name__)
+client_log = logging.getLogger(__name__ + ".client")
+
+#: Seconds a single file transfer may take before rucio gives up on it.
+TRANSFER_TIMEOUT = 3600
+#: rucio ``clientState`` values that mean the file is in the staging directory.
+FETCHED_STATES = ("DONE", "ALREADY_DONE")
+_HASH_BLOCK = 4 * 1024 * 1024
+_REQUIRED_CLIENT_KEYS = ("rucio_host", "auth_host", "auth_type")
+
+
+class RucioConfigError(UppGridError):
+    """No usable ``[client]`` rucio.cfg."""
+
+
+class RucioError(UppGridError):
+    """rucio refused or failed a request (authentication, permissions, server down)."""
+
+
+class TransientRucioError(RucioError):
+    """A failure worth retrying: connection problems, server unavailable, timeouts."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a dataset as the catalogue lists it."""
+
+    scope: str
+    name: str  #: the LFN
+    size: int  #: bytes
+    adler32: str  #: 8 lower-case hex digits
+
+    @property
+    def did(self) -> str:
+        return f"{self.scope}:{self.name}"
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    """What a fetch did with one file: ``path`` is set when the file is in the staging dir."""
+
+    file: RemoteFile
+    state: str  #: rucio's clientState (``DONE``, ``ALREADY_DONE``, ``FAILED``, ...)
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Size and adler32 of a local file compared with the catalogue's."""
+
+    size: int
+    adler32: str
+    expected: RemoteFile
+
+    @property
+    def ok(self) -> bool:
+        return self.size == self.expected.size and self.adler32 == self.expected.adler32
+
+    def problem(self) -> str:
+        """One phrase saying what is wrong ('' if nothing)."""
+        if self.size != self.expected.size:
+            return f"size is {self.size} bytes, rucio lists {self.expected.size}"
+        if self.adler32 != self.expected.adler32:
+            return f"adler32 is {self.adler32}, rucio lists {self.expected.adler32}"
+        return ""
+
+
+# --------------------------------------------------------------------------- checksums
+def adler32_file(path: Path) -> str:
+    """adler32 of a file in rucio's format: 8 lower-case hex digits, zero-padded."""
+    value = 1
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            value = zlib.adler32(block, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def verify_file(path: Path, expected: RemoteFile) -> Verification:
+    """Compare ``path`` with the catalogue entry (the size first: no hashing if it differs)."""
+    size = path.stat().st_size
+    if size != expected.size:
+        return Verification(size, "", expected)
+    return Verification(size, adler32_file(path), expected)
+
+
+# --------------------------------------------------------------------------- names
+def scope_of(name: str) -> str:
+    """The scope of a DID name: ``user.<nick>`` / ``group.<name>`` or the first field."""
+    parts = name.split(".")
+    if parts[0] in ("user", "group") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def _spellings(name: str) -> list[str]:
+    """``name`` and, for a container, the other spelling (ATLAS containers end in ``/``)."""
+    other = name[:-1] if name.endswith("/") else name + "/"
+    return [name, other]
+
+
+# --------------------------------------------------------------------------- configuration
+def find_rucio_config(environ: Mapping[str, str] | None = None) -> Path:
+    """The rucio.cfg the client will read, checked to have a usable ``[client]`` section.
+
+    Raises
+    ------
+    RucioConfigError
+        Naming the places searched and what to set up.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("RUCIO_CONFIG"):
+        path = Path(env["RUCIO_CONFIG"])
+        if not path.is_file():
+            raise RucioConfigError(f"RUCIO_CONFIG={path}: file not found; point it at a rucio.cfg "
+                                   "with a [client] section")
+    else:
+        dirs = [Path(env[v]) / "etc" for v in ("RUCIO_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
+                if env.get(v)] + [Path("/opt/rucio/etc")]
+        found = [d / "rucio.cfg" for d in dirs if (d / "rucio.cfg").is_file()]
+        if not found:
+            raise RucioConfigError(
+                "no rucio client config: set RUCIO_CONFIG to a rucio.cfg with a [client] "
+                "section (rucio_host, auth_host, auth_type, account), or run "
+                "`setupATLAS; lsetup rucio` (sets RUCIO_HOME); searched "
+                + ", ".join(str(d / "rucio.cfg") for d in dirs))
+        path = found[0]
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+    except configparser.Error as err:
+        raise RucioConfigError(f"{path}: unreadable rucio config: "
+                               f"{str(err).splitlines()[0]}") from None
+    if not parser.has_section("client"):
+        raise RucioConfigError(f"{path}: no [client] section (needs rucio_host, auth_host, "
+                               "auth_type, account)")
+    missing = [k for k in _REQUIRED_CLIENT_KEYS if not parser.has_option("client", k)]
+    if missing:
+        raise RucioConfigError(f"{path}: [client] has no {', '.join(missing)}")
+    return path
+
+
+def rucio_account(environ: Mapping[str, str] | None = None) -> str | None:
+    """The rucio account: ``$RUCIO_ACCOUNT``, else ``[client] account`` of the rucio.cfg."""
+    env = os.environ if environ is None else environ
+    if env.get("RUCIO_ACCOUNT"):
+        return env["RUCIO_ACCOUNT"]
+    try:
+        path = find_rucio_config(env)
+    except RucioConfigError:
+        return None
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    return parser.get("client", "account", fallback=None) or None
+
+
+# --------------------------------------------------------------------------- the source
+def _client_logger(level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+    """rucio's DownloadClient logger function: everything at DEBUG (we report outcomes)."""
+    kwargs.pop("exc_info", None)
+    client_log.debug(msg, *args)
+
+
+def _translate(err: Exception, what: str) -> RucioError:
+    """A rucio or transport exception as a one-line :class:`RucioError` about ``what``."""
+    from rucio.common import exception as rex
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, rex.CannotAuthenticate | rex.NoAuthInformation | rex.MissingClientParameter
+                  | rex.AccessDenied | rex.CannotAuthorize):
+        return RucioError(f"{what}: rucio refused the request ({type(err).__name__}: {text}); "
+                          "check the account and credentials in your rucio.cfg or grid proxy")
+    if isinstance(err, rex.ConfigNotFound | rex.ConfigLoadingError):
+        return RucioConfigError(f"{what}: {text}")
+    transient = (rex.ServerConnectionException, rex.ServiceUnavailable,
+                 rex.ResourceTemporaryUnavailable, rex.DatabaseException, ConnectionError,
+                 TimeoutError, OSError)
+    if isinstance(err, transient) or type(err).__module__.startswith(("requests", "urllib3")):
+        return TransientRucioError(f"{what}: {type(err).__name__}: {text}")
+    return RucioError(f"{what}: {type(err).__name__}: {text}")
+
+
+class RucioSource:
+    """Files of rucio datasets/containers: list with checksums, fetch into a directory.
+
+    Parameters
+    ----------
+    transfer_timeout
+        Seconds per file transfer.
+    """
+
+    description = "rucio"
+
+    def __init__(self, transfer_timeout: int = TRANSFER_TIMEOUT) -> None:
+        self.config_path = find_rucio_config()
+        from rucio.common.config import clean_cached_config
+
+        # rucio-clients caches its config per process; read the one found above.
+        clean_cached_config()
+        self.transfer_timeout = transfer_timeout
+        self._dids: Any = None
+
+    def _did_client(self) -> Any:
+        if self._dids is None:
+            from rucio.client.didclient import DIDClient
+
+            try:
+                self._dids = DIDClient()
+            except Exception as err:  # rucio raises many kinds: one line out
+                raise _translate(err, f"rucio ({self.config_path})") from None
+        return self._dids
+
+    def list_files(self, scope: str, name: str) -> list[RemoteFile] | None:
+        """Every file of the dataset or container ``scope:name``; ``None`` if it does not exist.
+
+        Raises
+        ------
+        RucioError
+            Authentication/permission problems; :class:`TransientRucioError` for connection
+            problems (worth a retry).
+        """
+        from rucio.common.exception import DataIdentifierNotFound, ScopeNotFound
+
+        dids = self._did_client()
+        for spelling in _spellings(name):
+            try:
+                listed = list(dids.list_files(scope, spelling))
+            except (DataIdentifierNotFound, ScopeNotFound):
+                continue
+            except Exception as err:
+                raise _translate(err, f"{scope}:{name}") from None
+            return [RemoteFile(f["scope"], f["name"], int(f["bytes"]),
+                               str(f["adler32"]).lower().zfill(8)) for f in listed]
+        return None
+
+    def fetch(self, files: Sequence[RemoteFile], staging: Path, threads: int = 2
+              ) -> list[FetchOutcome]:
+        """Download ``files`` into ``staging/<name>`` with ``threads`` parallel transfers.
+
+        A file rucio could not read comes back with its state and ``path=None``.
+
+        Raises
+        ------
+        TransientRucioError
+            The whole batch failed for a reason worth retrying (server unreachable, ...).
+        RucioError
+            Authentication or permission problems.
+        """
+        if not files:
+            return []
+        from rucio.client.downloadclient import DownloadClient
+
+        staging.mkdir(parents=True, exist_ok=True)
+        items = [{"did": f.did, "base_dir": str(staging), "no_subdir": True,
+                  "ignore_checksum": True, "transfer_timeout": self.transfer_timeout}
+                 for f in files]
+        try:
+            client = DownloadClient(logger=_client_logger, tracing=False)
+            result = client.download_dids(items, num_threads=max(1, threads),
+                                          deactivate_file_download_exceptions=True)
+        except Exception as err:
+            raise _translate(err, f"download of {len(files)} file(s) from rucio") from None
+        return _outcomes(files, result, staging)
+
+
+def _outcomes(files: Iterable[RemoteFile], result: list[dict[str, Any]], staging: Path
+              ) -> list[FetchOutcome]:
+    by_did = {f"{r.get('scope')}:{r.get('name')}": r for r in result}
+    out = []
+    for f in files:
+        r = by_did.get(f.did)
+        state = str(r.get("clientState", "FAILED")) if r else "NOT_RETURNED"
+        state = state.rsplit(".", 1)[-1]  # a str enum prints as its value or Class.VALUE
+        path = staging / f.name
+        fetched = state in FETCHED_STATES and path.is_file()
+        out.append(FetchOutcome(f, state, path if fetched else None))
+    return out

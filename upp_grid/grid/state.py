@@ -1,0 +1,410 @@
+"""Submission state in one SQLite file (default ``<base_dir>/upp-grid.sqlite``).
+
+WAL mode, a busy timeout (several ``status`` processes may refresh at once), the schema version
+in ``PRAGMA user_version``, short write transactions (``BEGIN IMMEDIATE``) and parameterised
+queries only. Tables:
+
+* ``submissions``: one row per tag: backend, config path and hash, user, sandbox, and for the
+  local backend its work dir and store.
+* ``tasks``: one row per tag and input container: inDS, outDS, declared outputs and their
+  containers, status (see :mod:`upp_grid.grid.backend`), the backend's own status, jediTaskID,
+  file counts, how many times it was submitted.
+* ``jobs``: local backend, one row per input file: state, attempt, exit code, log, pid.
+* ``events``: every status change and command, oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from upp_grid.errors import UppGridError
+from upp_grid.grid.jobs import OutputSpec, TaskSpec
+
+SCHEMA_VERSION = 1
+DEFAULT_NAME = "upp-grid.sqlite"
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS submissions (
+        tag TEXT PRIMARY KEY,
+        backend TEXT NOT NULL,
+        config_path TEXT NOT NULL,
+        config_hash TEXT NOT NULL,
+        user TEXT NOT NULL,
+        sandbox TEXT NOT NULL,
+        work_dir TEXT,
+        store_dir TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS tasks (
+        id INTEGER PRIMARY KEY,
+        tag TEXT NOT NULL REFERENCES submissions(tag),
+        container TEXT NOT NULL,
+        samples TEXT NOT NULL,
+        out_ds TEXT NOT NULL,
+        outputs TEXT NOT NULL,
+        command TEXT NOT NULL,
+        status TEXT NOT NULL,
+        backend_status TEXT,
+        jedi_task_id INTEGER,
+        n_files INTEGER,
+        n_files_finished INTEGER,
+        n_files_failed INTEGER,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        task_params TEXT,
+        submitted_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (tag, container))""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        job_index INTEGER NOT NULL,
+        input TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        error TEXT,
+        log_path TEXT,
+        pid INTEGER,
+        proc_start TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        PRIMARY KEY (task_id, job_index))""",
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY,
+        tag TEXT NOT NULL,
+        container TEXT,
+        at TEXT NOT NULL,
+        event TEXT NOT NULL,
+        detail TEXT)""",
+    "CREATE INDEX IF NOT EXISTS events_by_tag ON events (tag, id)",
+)
+
+
+class StateError(UppGridError):
+    """The state DB is missing, unreadable or from a newer upp-grid."""
+
+
+def now() -> str:
+    """UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One tag."""
+
+    tag: str
+    backend: str
+    config_path: str
+    config_hash: str
+    user: str
+    sandbox: str
+    work_dir: str | None = None
+    store_dir: str | None = None
+    created_at: str = ""
+    updated_at: str = ""
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One container's task."""
+
+    id: int
+    tag: str
+    container: str
+    samples: tuple[str, ...]
+    out_ds: str
+    outputs: tuple[OutputSpec, ...]
+    command: str
+    status: str
+    backend_status: str | None
+    jedi_task_id: int | None
+    n_files: int | None
+    n_files_finished: int | None
+    n_files_failed: int | None
+    attempt: int
+    submitted_at: str
+    updated_at: str
+
+    @property
+    def in_ds(self) -> str:
+        return self.container
+
+    @property
+    def scope(self) -> str:
+        """rucio scope of the outputs (``user.<nick>``)."""
+        return ".".join(self.out_ds.split(".")[:2])
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One local job (one input file)."""
+
+    task_id: int
+    index: int
+    input: str
+    state: str
+    attempt: int
+    exit_code: int | None
+    error: str | None
+    log_path: str | None
+    pid: int | None
+    proc_start: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    tag: str
+    container: str | None
+    at: str
+    event: str
+    detail: str | None
+
+
+class StateDB:
+    """The state file. ``create=False`` refuses to create a missing file."""
+
+    def __init__(self, path: Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise StateError(f"{self.path}: no upp-grid state here (nothing submitted yet?)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._set_wal()
+            # WAL + NORMAL: no corruption on a crash, at most the last commits lost on power loss
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as err:
+            raise StateError(f"{self.path}: not a usable upp-grid state file ({err})") from None
+
+    def _set_wal(self) -> None:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(f"{self.path}: written by a newer upp-grid (schema {version}, this "
+                             f"one knows {SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken up front so concurrent writers wait instead of failing."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, args).fetchall()
+
+    # ---------------------------------------------------------------------------- submissions
+    def submission(self, tag: str) -> Submission | None:
+        rows = self._rows("SELECT * FROM submissions WHERE tag = ?", (tag,))
+        return Submission(**dict(rows[0])) if rows else None
+
+    def submissions(self) -> list[Submission]:
+        return [Submission(**dict(r))
+                for r in self._rows("SELECT * FROM submissions ORDER BY created_at, tag")]
+
+    def _upsert_submission(self, db: sqlite3.Connection, sub: Submission, stamp: str) -> None:
+        db.execute(
+            """INSERT INTO submissions (tag, backend, config_path, config_hash, user, sandbox,
+                   work_dir, store_dir, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (tag) DO UPDATE SET config_path = excluded.config_path,
+                   config_hash = excluded.config_hash, sandbox = excluded.sandbox,
+                   work_dir = excluded.work_dir, store_dir = excluded.store_dir,
+                   updated_at = excluded.updated_at""",
+            (sub.tag, sub.backend, sub.config_path, sub.config_hash, sub.user, sub.sandbox,
+             sub.work_dir, sub.store_dir, stamp, stamp))
+
+    # ---------------------------------------------------------------------------------- tasks
+    def tasks(self, tag: str) -> list[TaskRecord]:
+        return [_task(r) for r in self._rows("SELECT * FROM tasks WHERE tag = ? ORDER BY id",
+                                              (tag,))]
+
+    def task(self, task_id: int) -> TaskRecord:
+        return _task(self._rows("SELECT * FROM tasks WHERE id = ?", (task_id,))[0])
+
+    def record_task(self, sub: Submission, spec: TaskSpec, *, status: str,
+                    jedi_task_id: int | None = None, params: dict | None = None,
+                    detail: str | None = None) -> TaskRecord:
+        """Record a (re)submitted task, with its submission row, in one transaction."""
+        stamp = now()
+        outputs = json.dumps([[o.file, o.container] for o in spec.outputs])
+        with self.transaction() as db:
+            self._upsert_submission(db, sub, stamp)
+            db.execute(
+                """INSERT INTO tasks (tag, container, samples, out_ds, outputs, command, status,
+                       jedi_task_id, task_params, submitted_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (tag, container) DO UPDATE SET samples = excluded.samples,
+                       out_ds = excluded.out_ds, outputs = excluded.outputs,
+                       command = excluded.command, status = excluded.status,
+                       backend_status = NULL, jedi_task_id = excluded.jedi_task_id,
+                       n_files = NULL, n_files_finished = NULL, n_files_failed = NULL,
+                       attempt = tasks.attempt + 1, task_params = excluded.task_params,
+                       submitted_at = excluded.submitted_at, updated_at = excluded.updated_at""",
+                (sub.tag, spec.container, json.dumps(spec.samples), spec.out_ds, outputs,
+                 spec.command, status, jedi_task_id,
+                 json.dumps(params) if params is not None else None, stamp, stamp))
+            row = db.execute("SELECT * FROM tasks WHERE tag = ? AND container = ?",
+                             (sub.tag, spec.container)).fetchone()
+            self._event(db, sub.tag, spec.container, status, detail, stamp)
+        return _task(row)
+
+    def update_task(self, task_id: int, *, status: str, backend_status: str | None,
+                    counts: tuple[int | None, int | None, int | None] | None = None,
+                    detail: str | None = None) -> TaskRecord:
+        """Set a task's status (and file counts); a change of status is logged as an event.
+
+        Nothing is written when nothing changes, so a quiet ``status`` only reads.
+        """
+        old = self._rows("SELECT * FROM tasks WHERE id = ?", (task_id,))[0]
+        new = (status, backend_status, *(counts or (old["n_files"], old["n_files_finished"],
+                                                    old["n_files_failed"])))
+        if not detail and new == (old["status"], old["backend_status"], old["n_files"],
+                                  old["n_files_finished"], old["n_files_failed"]):
+            return _task(old)
+        stamp = now()
+        with self.transaction() as db:
+            old = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            n_files, n_finished, n_failed = new[2:]
+            db.execute("""UPDATE tasks SET status = ?, backend_status = ?, n_files = ?,
+                              n_files_finished = ?, n_files_failed = ?, updated_at = ?
+                          WHERE id = ?""",
+                       (status, backend_status, n_files, n_finished, n_failed, stamp, task_id))
+            if old["status"] != status or detail:
+                self._event(db, old["tag"], old["container"], status, detail, stamp)
+            row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return _task(row)
+
+    def add_event(self, tag: str, container: str | None, event: str,
+                  detail: str | None = None) -> None:
+        with self.transaction() as db:
+            self._event(db, tag, container, event, detail, now())
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, tag: str, container: str | None, event: str,
+               detail: str | None, stamp: str) -> None:
+        db.execute("INSERT INTO events (tag, container, at, event, detail) VALUES (?, ?, ?, ?, ?)",
+                   (tag, container, stamp, event, detail))
+
+    def events(self, tag: str) -> list[Event]:
+        return [Event(r["tag"], r["container"], r["at"], r["event"], r["detail"])
+                for r in self._rows("SELECT * FROM events WHERE tag = ? ORDER BY id", (tag,))]
+
+    # ----------------------------------------------------------------------------------- jobs
+    def jobs(self, task_id: int) -> list[JobRecord]:
+        return [_job(r) for r in self._rows(
+            "SELECT * FROM jobs WHERE task_id = ? ORDER BY job_index", (task_id,))]
+
+    def reset_jobs(self, task_id: int, inputs: Sequence[str]) -> None:
+        """Replace a task's jobs by fresh queued ones, one per input, numbered from 1."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE task_id = ?", (task_id,))
+            db.executemany("INSERT INTO jobs (task_id, job_index, input, state) "
+                           "VALUES (?, ?, ?, 'queued')",
+                           [(task_id, i, path) for i, path in enumerate(inputs, start=1)])
+
+    def claim_job(self, task_id: int, index: int, log_path: str) -> JobRecord | None:
+        """queued -> running with the next attempt number; None if it is no longer queued."""
+        with self.transaction() as db:
+            cur = db.execute(
+                """UPDATE jobs SET state = 'running', attempt = attempt + 1, exit_code = NULL,
+                       error = NULL, log_path = ? || '.' || (attempt + 1) || '.log', pid = NULL,
+                       proc_start = NULL, started_at = ?, finished_at = NULL
+                   WHERE task_id = ? AND job_index = ? AND state = 'queued'""",
+                (log_path, now(), task_id, index))
+            if cur.rowcount == 0:
+                return None
+            row = db.execute("SELECT * FROM jobs WHERE task_id = ? AND job_index = ?",
+                             (task_id, index)).fetchone()
+        return _job(row)
+
+    def job_started(self, job: JobRecord, pid: int, proc_start: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("""UPDATE jobs SET pid = ?, proc_start = ? WHERE task_id = ?
+                          AND job_index = ? AND attempt = ? AND state = 'running'""",
+                       (pid, proc_start, job.task_id, job.index, job.attempt))
+
+    def finish_job(self, job: JobRecord, state: str, exit_code: int | None,
+                   error: str | None) -> bool:
+        """running -> done/failed for this attempt; False if someone else ended it first."""
+        with self.transaction() as db:
+            cur = db.execute(
+                """UPDATE jobs SET state = ?, exit_code = ?, error = ?, finished_at = ?
+                   WHERE task_id = ? AND job_index = ? AND attempt = ? AND state = 'running'""",
+                (state, exit_code, error, now(), job.task_id, job.index, job.attempt))
+            return cur.rowcount == 1
+
+    def requeue_failed(self, task_id: int) -> int:
+        """failed -> queued; returns how many."""
+        with self.transaction() as db:
+            return db.execute("UPDATE jobs SET state = 'queued' WHERE task_id = ? "
+                              "AND state = 'failed'", (task_id,)).rowcount
+
+    def fail_queued(self, task_id: int, error: str) -> int:
+        with self.transaction() as db:
+            return db.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
+                              "WHERE task_id = ? AND state = 'queued'",
+                              (error, now(), task_id)).rowcount
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    return TaskRecord(
+        id=row["id"], tag=row["tag"], container=row["container"],
+        samples=tuple(json.loads(row["samples"])), out_ds=row["out_ds"],
+        outputs=tuple(OutputSpec(f, c) for f, c in json.loads(row["outputs"])),
+        command=row["command"], status=row["status"], backend_status=row["backend_status"],
+        jedi_task_id=row["jedi_task_id"], n_files=row["n_files"],
+        n_files_finished=row["n_files_finished"], n_files_failed=row["n_files_failed"],
+        attempt=row["attempt"], submitted_at=row["submitted_at"], updated_at=row["updated_at"])
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        task_id=row["task_id"], index=row["job_index"], input=row["input"], state=row["state"],
+        attempt=row["attempt"], exit_code=row["exit_code"], error=row["error"],
+        log_path=row["log_path"], pid=row["pid"], proc_start=row["proc_start"],
+        started_at=row["started_at"], finished_at=row["finished_at"])

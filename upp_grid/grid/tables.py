@@ -1,0 +1,71 @@
+"""Plain-text tables of submissions and tasks, for the CLI to print."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from upp_grid.grid.control import StatusReport
+    from upp_grid.grid.submit import SubmitResult
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def _files(n: int | None, done: int | None, failed: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{done or 0}/{n}" + (f" ({failed} failed)" if failed else "")
+
+
+def format_submit(result: SubmitResult) -> str:
+    """The dry-run table, or what was submitted and skipped."""
+    lines = []
+    if result.sandbox is not None:
+        how = "reused" if result.sandbox.reused else "built"
+        lines.append(f"sandbox: {result.sandbox.path} ({result.sandbox.size_mib:.1f} MiB, "
+                     f"{len(result.sandbox.members)} files, {how})")
+    if result.dryrun:
+        rows = [(t.spec.container, len(t.spec.files) or "-", t.spec.out_ds,
+                 len(t.spec.outputs), t.spec.command) for t in result.dryrun]
+        lines.append(table(("container", "files", "outDS", "outputs", "exec"), rows))
+        lines.append(f"dry run: task parameters in {result.dryrun[0].path.parent}; "
+                     "nothing was submitted")
+        return "\n".join(lines)
+    if result.submitted:
+        rows = [(t.container, t.jedi_task_id or t.id, t.status,
+                 _files(t.n_files, t.n_files_finished, t.n_files_failed), t.out_ds)
+                for t in result.submitted]
+        lines.append(table(("container", "task", "status", "files", "outDS"), rows))
+    for container in result.skipped:
+        lines.append(f"skipped (already submitted, use --force to submit again): {container}")
+    if not result.submitted:
+        lines.append(f"nothing submitted for tag '{result.tag}'")
+    return "\n".join(lines)
+
+
+def format_status(report: StatusReport) -> str:
+    """One table per tag; local jobs that failed are listed with their log."""
+    if not report.tags:
+        return f"no submissions in {report.state_path}"
+    blocks = []
+    for tag in report.tags:
+        sub = tag.submission
+        head = f"tag {sub.tag}  backend {sub.backend}  user {sub.user}  config {sub.config_path}"
+        rows = [(t.container, t.jedi_task_id or t.id, t.status, t.backend_status or "-",
+                 _files(t.n_files, t.n_files_finished, t.n_files_failed), t.out_ds)
+                for t in tag.tasks]
+        block = [head, table(("container", "task", "status", "detail", "files", "outDS"), rows)]
+        for jobs in tag.jobs.values():
+            for job in jobs:
+                if job.state == "failed":
+                    block.append(f"  failed job {job.task_id}/{job.index} (attempt {job.attempt},"
+                                 f" exit {job.exit_code}): {job.error}  log: {job.log_path}")
+        blocks.append("\n".join(block))
+    return "\n\n".join(blocks)

@@ -1,0 +1,123 @@
+"""``upp-grid run``: split → weights → merge (train, val, test) → norm, locally.
+
+Every stage resumes on its own (split skips complete inputs, merge keeps complete output files
+and skips published splits), so rerunning after a crash finishes the job. The summary holds the
+jets per split and flavour going in (catalogue) and out (merged files), the files written and
+the wall time of each stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from upp_grid.config import SPLITS, Config
+from upp_grid.stages.catalogue import Catalogue
+from upp_grid.stages.merge import MergeSummary, merge_stage, merge_work
+from upp_grid.stages.normalise import NormResult, norm_stage
+from upp_grid.stages.split_local import SplitSummary, pending_units, split_stage
+from upp_grid.stages.weights import WeightsReport, planned_jets, weights_stage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[int], None]
+ProgressBar = Callable[[int, str], AbstractContextManager[Progress]]
+
+
+@contextmanager
+def no_progress(_total: int, _what: str) -> Iterator[Progress]:
+    """A progress bar that shows nothing."""
+    yield lambda n: None
+
+
+@dataclass(frozen=True)
+class StageTime:
+    stage: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What ``run`` did: counts in and out per split and flavour, files, and timings."""
+
+    jets_in: Mapping[str, Mapping[str, int]]
+    jets_out: Mapping[str, Mapping[str, int]]
+    files: Mapping[str, tuple[Path, ...]]
+    vds: Mapping[str, Path]
+    norm: NormResult
+    histograms: Path
+    timings: tuple[StageTime, ...]
+    split_skipped: int  # inputs already split by an earlier run
+    merge_reused: Mapping[str, int]  # output files kept from an earlier run
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.timings)
+
+
+def run_chain(config: Config, plots: bool = True, bar: ProgressBar = no_progress,
+              weighted_norm: bool = False) -> RunSummary:
+    """Run every local stage in order; each raises (and the chain stops) on any failure."""
+    timings: list[StageTime] = []
+    split_summary, cat = _timed(timings, "split", lambda: _split(config, bar))
+    return after_split(config, cat, plots, bar, weighted_norm, timings, split_summary.skipped)
+
+
+def after_split(config: Config, cat: Catalogue, plots: bool = True,
+                bar: ProgressBar = no_progress, weighted_norm: bool = False,
+                timings: Sequence[StageTime] = (), split_skipped: int = 0) -> RunSummary:
+    """weights → merge (train, val, test) → norm on the catalogue's split outputs (also what
+    ``download`` runs after preparing a grid download); ``timings`` of earlier stages are
+    kept in the summary."""
+    done = list(timings)
+    weights = _timed(done, "weights", lambda: _weights(config, plots, bar))
+    merged = _timed(done, "merge", lambda: _merge(config, bar))
+    norm = _timed(done, "norm", lambda: _norm(config, weighted_norm, bar, cat.total("train")))
+    return _summary(cat, merged, norm, weights.histograms, tuple(done), split_skipped)
+
+
+def _timed(timings: list[StageTime], name: str, fn: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    result = fn()
+    timings.append(StageTime(name, time.perf_counter() - start))
+    log.info("run: %s done in %.1f s", name, timings[-1].seconds)
+    return result
+
+
+def _split(config: Config, bar: ProgressBar) -> tuple[SplitSummary, Catalogue]:
+    todo = sum(u.num_jets for u in pending_units(config, None, None, False)[0])
+    with bar(todo, "split") as advance:
+        return split_stage(config, progress=advance)
+
+
+def _weights(config: Config, plots: bool, bar: ProgressBar) -> WeightsReport:
+    with bar(planned_jets(config), "weights") as advance:
+        return weights_stage(config, plots=plots, progress=advance)
+
+
+def _merge(config: Config, bar: ProgressBar) -> MergeSummary:
+    with bar(merge_work(config, SPLITS), "merge (read + write)") as advance:
+        return merge_stage(config, SPLITS, progress=advance)
+
+
+def _norm(config: Config, weighted: bool, bar: ProgressBar, train_jets: int) -> NormResult:
+    with bar(train_jets, "norm") as advance:
+        return norm_stage(config, weighted=weighted, progress=advance)
+
+
+def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult, histograms: Path,
+             timings: tuple[StageTime, ...], skipped: int) -> RunSummary:
+    by_split = {r.split: r for r in merged.results}
+    return RunSummary(
+        jets_in={s: dict(cat.num_jets[s]) for s in SPLITS},
+        jets_out={s: dict(by_split[s].jets_out) for s in SPLITS},
+        files={s: tuple(f.path for f in by_split[s].files) for s in SPLITS},
+        vds={s: by_split[s].vds for s in SPLITS},
+        norm=norm, histograms=histograms, timings=timings, split_skipped=skipped,
+        merge_reused={s: by_split[s].reused for s in SPLITS})

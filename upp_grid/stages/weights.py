@@ -1,0 +1,764 @@
+"""Weights stage: per-class histograms over the reweight variables, targets and weights.
+
+``upp-grid weights`` draws a uniform random sample of the catalogue's train jets, histograms
+every class over each reweight's variables in ONE read pass per file (only the needed fields,
+only the chunks holding sampled jets), builds each target and the per-class weights, checks that
+the weighted classes are flat, and writes ``<out_dir>/histograms.h5`` in UPP's layout, then
+``<out_dir>/weights-report.yaml`` (and plots in ``<out_dir>/plots/``).
+
+Bin convention
+--------------
+A value ``x`` is in bin ``i`` of ``edges`` when ``edges[i] <= x < edges[i+1]``
+(``np.searchsorted(edges, x, side="right") - 1``), on every axis. That is UPP's convention for
+every interior edge (UPP bins with scipy's ``binned_statistic_dd``, i.e. ``np.digitize``).
+UPP differs on the outermost edge only: scipy also puts ``x == edges[-1]`` in the last bin; here
+it has no bin. With ``add_overflow`` (the default) the outer edges are ±inf, so every finite
+value has a bin (-inf too: it is in the underflow bin). Without it, a value below ``edges[0]`` or
+at/above ``edges[-1]`` has no bin, and neither has NaN or +inf: such an entry gets weight 0 and
+is counted in the report as ``out_of_range`` (UPP gives it the edge bin's weight or crashes).
+
+Sample
+------
+Up to ``reweighting.num_jets_estimate`` jets per flavour (the flavour's train files in the
+catalogue) are drawn uniformly without replacement over ALL of that flavour's files, with
+``np.random.default_rng([global.seed, flavour_label])``; a flavour with no more jets than that
+is used whole. Every reweight uses this one sample: jet groups histogram the sampled jets, track
+groups the valid entries (``valid``) of the sampled jets. A reweight's classes are the values of
+its ``class_var`` field found in the sample (``flavour_label`` for jets, ``leptonID`` for tracks).
+
+Targets and weights (UPP's definitions, bin-wise over the class histograms)
+-------------------------------------------------------------------------
+``mean``: sum of the class histograms / number of classes; ``min`` / ``max``: bin-wise minimum
+/ maximum; a label: that class's histogram; a list of labels: their mean; ``uniform``: 1 in every
+bin, as UPP (``np.ones_like``), so a class's weight is ``1 / hist_class`` and every populated
+bin holds a weighted count of 1 per class. A class's weight is ``target / hist_class`` in each
+bin; a bin where any class is empty gets weight 0 for every class. After weighting, every class
+equals the target in every populated bin: checked at run time (flatness 1 within 1e-6 with the
+float32 weights written to the merged files) before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from upp_grid import __version__
+from upp_grid.config import Config, Reweight
+from upp_grid.errors import BookkeepingError, InputError, UppGridError
+from upp_grid.h5io import batch_ranges, dataset, open_input
+from upp_grid.stages.catalogue import Catalogue, catalogue_path, read_catalogue
+
+log = logging.getLogger(__name__)
+
+HISTOGRAMS_NAME = "histograms.h5"
+REPORT_NAME = "weights-report.yaml"
+PLOTS_DIR = "plots"
+FLATNESS_TOLERANCE = 1e-6
+READ_ENTRIES = 2_000_000  # entries (jets x tracks) per read, to bound memory
+SPARSE_FRACTION = 0.1  # read samples below this fraction of a file's rows by point selection
+DENSE_COUNTS = 1 << 24  # class span x bins above this: classes found via np.unique
+MAX_WORKERS = 4  # processes for the read pass (it is bound by decompression)
+VLEN_STR = h5py.special_dtype(vlen=str)
+Progress = Callable[[int], None]
+
+
+class FlatnessError(UppGridError):
+    """The weighted classes do not reproduce the target: the weights are wrong."""
+
+
+# --------------------------------------------------------------------------- the interface
+@dataclass(frozen=True)
+class ReweightHists:
+    """Histograms, target and per-bin weights of one reweight (see the module docstring)."""
+
+    reweight: Reweight
+    edges: tuple[np.ndarray, ...]
+    classes: tuple[int, ...]
+    hists: Mapping[int, np.ndarray]
+    target: np.ndarray
+    weights: Mapping[int, np.ndarray]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(e) - 1 for e in self.edges)
+
+    @property
+    def populated(self) -> np.ndarray:
+        """Bins where every class has entries (the bins with non-zero weights)."""
+        return np.logical_and.reduce([self.hists[c] > 0 for c in self.classes])
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """float32 lookup ``[class_index, flat_bin]``; an extra row and column of zeros serve
+        unknown classes and entries with no bin."""
+        n_bins = int(np.prod(self.shape))
+        out = np.zeros((len(self.classes) + 1, n_bins + 1), dtype=np.float32)
+        for i, c in enumerate(self.classes):
+            out[i, :n_bins] = self.weights[c].ravel()
+        return out
+
+
+def flat_bins(edges: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> np.ndarray:
+    """Flat (C-order) bin of each entry over ``edges``; -1 where it has no bin."""
+    shape = tuple(len(e) - 1 for e in edges)
+    ok = np.ones(len(values[0]), dtype=bool)
+    index = []
+    for e, x, n in zip(edges, values, shape, strict=True):
+        i = np.searchsorted(e, x, side="right") - 1
+        ok &= (i >= 0) & (i < n)
+        index.append(i)
+    flat = np.ravel_multi_index(index, shape, mode="clip")
+    flat[~ok] = -1
+    return flat
+
+
+def _class_index(classes: Sequence[int], values: np.ndarray) -> np.ndarray:
+    """Index of each value in ``classes`` (sorted); ``len(classes)`` for unknown values."""
+    known = np.asarray(classes, dtype=np.int64)
+    idx = np.searchsorted(known, values)
+    hit = idx < len(known)
+    hit[hit] = known[idx[hit]] == values[hit]
+    return np.where(hit, idx, len(known))
+
+
+def compute_weights(h: ReweightHists, rows: np.ndarray) -> np.ndarray:
+    """float32 weights of ``rows`` (1-D jets or 2-D ``(n, n_tracks)`` with ``valid``).
+
+    0 for invalid track entries, for classes not in ``h.classes`` and for values with no bin.
+    """
+    rw = h.reweight
+    out = np.zeros(rows.shape, dtype=np.float32)
+    mask = rows["valid"] if "valid" in (rows.dtype.names or ()) else None
+    entries = rows[mask] if mask is not None else rows.reshape(-1)
+    if not len(entries):
+        return out
+    flat = flat_bins(h.edges, [entries[v] for v in rw.reweight_vars])
+    n_bins = h.table.shape[1] - 1
+    cls = _class_index(h.classes, entries[rw.class_var].astype(np.int64))
+    w = h.table[cls, np.where(flat < 0, n_bins, flat)]
+    if mask is not None:
+        out[mask] = w
+    else:
+        out[...] = w.reshape(rows.shape)
+    return out
+
+
+def histograms_path(config: Config) -> Path:
+    """``<out_dir>/histograms.h5``."""
+    return config.global_.out_dir / HISTOGRAMS_NAME
+
+
+def report_path(config: Config) -> Path:
+    """``<out_dir>/weights-report.yaml``."""
+    return config.global_.out_dir / REPORT_NAME
+
+
+# --------------------------------------------------------------------------- the sample
+@dataclass(frozen=True)
+class FileSample:
+    """The rows of one train file in the histogrammed sample (sorted, unique)."""
+
+    path: Path
+    flavour: str
+    rows: np.ndarray
+    num_jets: int
+
+
+def num_jets_estimate(config: Config) -> int:
+    """Jets per flavour to histogram (``reweighting.num_jets_estimate``)."""
+    if config.reweighting is None:
+        return config.global_.num_jets_estimate
+    return config.reweighting.num_jets_estimate
+
+
+def sample_jets(config: Config, catalogue: Catalogue) -> dict[str, tuple[FileSample, ...]]:
+    """Per flavour: up to ``num_jets_estimate`` train jets, uniform over all its files."""
+    estimate = num_jets_estimate(config)
+    out = {}
+    for label, flavour in enumerate(config.flavour_names):
+        paths = [Path(p) for p in catalogue.files.get("train", {}).get(flavour, [])]
+        sizes = [_num_jets(p, config.jets_name) for p in paths]
+        rng = np.random.default_rng([config.global_.seed, label])
+        picks = _draw(sum(sizes), estimate, rng)
+        bounds = np.cumsum([0, *sizes])
+        cuts = np.searchsorted(picks, bounds)
+        out[flavour] = tuple(
+            FileSample(p, flavour, picks[cuts[i]:cuts[i + 1]] - bounds[i], sizes[i])
+            for i, p in enumerate(paths))
+        if not sizes or not sum(sizes):
+            log.warning("flavour %s has no train jets: it is not in any reweight", flavour)
+    return out
+
+
+def _draw(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    if n >= total:
+        return np.arange(total, dtype=np.int64)
+    return np.sort(rng.choice(total, size=n, replace=False)).astype(np.int64)
+
+
+def _num_jets(path: Path, jets_name: str) -> int:
+    with open_input(path) as f:
+        return int(dataset(f, jets_name).shape[0])
+
+
+def planned_jets(config: Config) -> int:
+    """Jets the stage will read (sampled jets x groups), for a progress bar; 0 if unknown."""
+    try:
+        data = yaml.safe_load(catalogue_path(config).read_text())
+        available = data["num_jets"]["train"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return 0
+    groups = {rw.group for rw in (config.reweighting.reweights if config.reweighting else ())}
+    per_flavour = sum(min(int(n), num_jets_estimate(config)) for n in available.values())
+    return per_flavour * len(groups)
+
+
+# --------------------------------------------------------------------------- histogramming
+@dataclass(frozen=True)
+class HistSpec:
+    """What a histogram depends on: reweights differing only in target share one."""
+
+    group: str
+    variables: tuple[str, ...]
+    edges: tuple[tuple[float, ...], ...]
+    class_var: str
+
+    @classmethod
+    def of(cls, rw: Reweight) -> HistSpec:
+        edges = tuple(tuple(rw.edges(v).tolist()) for v in rw.reweight_vars)
+        return cls(rw.group, rw.reweight_vars, edges, rw.class_var)
+
+    @cached_property
+    def edge_arrays(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.asarray(e, dtype=np.float64) for e in self.edges)
+
+    @property
+    def n_bins(self) -> int:
+        return int(np.prod([len(e) - 1 for e in self.edges]))
+
+
+@dataclass
+class Counts:
+    """Per-class flat bin counts of one :class:`HistSpec`, plus entries with no bin."""
+
+    spec: HistSpec
+    bins: dict[int, np.ndarray] = field(default_factory=dict)
+    out_of_range: dict[int, int] = field(default_factory=dict)
+
+    def add(self, entries: np.ndarray) -> None:
+        if not len(entries):
+            return
+        flat = flat_bins(self.spec.edge_arrays, [entries[v] for v in self.spec.variables])
+        nb = self.spec.n_bins
+        flat[flat < 0] = nb
+        classes, code = _class_codes(_integer_classes(entries, self.spec), nb + 1)
+        counts = np.bincount(code * (nb + 1) + flat, minlength=len(classes) * (nb + 1))
+        for c, row in zip(classes.tolist(), counts.reshape(len(classes), nb + 1), strict=True):
+            if not row.any():
+                continue
+            if c not in self.bins:
+                self.bins[c] = np.zeros(nb, dtype=np.int64)
+                self.out_of_range[c] = 0
+            self.bins[c] += row[:nb]
+            self.out_of_range[c] += int(row[nb])
+
+    def merge(self, other: Counts) -> None:
+        for c, bins in other.bins.items():
+            if c in self.bins:
+                self.bins[c] += bins
+                self.out_of_range[c] += other.out_of_range[c]
+            else:
+                self.bins[c] = bins.copy()
+                self.out_of_range[c] = other.out_of_range[c]
+
+
+def _integer_classes(entries: np.ndarray, spec: HistSpec) -> np.ndarray:
+    values = entries[spec.class_var]
+    if values.dtype.kind not in "iub":
+        raise InputError(f"{spec.group}.{spec.class_var}: a class variable must be an integer "
+                         f"field, got {values.dtype}")
+    return values.astype(np.int64, copy=False)
+
+
+def _class_codes(values: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate classes, index of each value among them); candidates may be unused."""
+    lo, hi = int(values.min()), int(values.max())
+    if (hi - lo + 1) * n_bins <= DENSE_COUNTS:
+        return np.arange(lo, hi + 1, dtype=np.int64), values - lo
+    classes, inverse = np.unique(values, return_inverse=True)
+    return classes, inverse.reshape(-1)
+
+
+@dataclass(frozen=True)
+class GroupRead:
+    """What one pass over a group reads: fields and the histograms they feed."""
+
+    group: str
+    fields: tuple[str, ...]
+    specs: tuple[HistSpec, ...]
+
+
+def plan_reads(specs: Sequence[HistSpec]) -> list[GroupRead]:
+    """One read per group, of the union of the fields its histograms need."""
+    reads = []
+    for group in dict.fromkeys(s.group for s in specs):
+        mine = tuple(s for s in specs if s.group == group)
+        fields = dict.fromkeys(f for s in mine for f in (*s.variables, s.class_var))
+        reads.append(GroupRead(group, tuple(fields), mine))
+    return reads
+
+
+def histogram_sample(sample: Mapping[str, Sequence[FileSample]], reads: Sequence[GroupRead],
+                     progress: Progress | None = None, workers: int | None = None
+                     ) -> dict[HistSpec, Counts]:
+    """Counts of every histogram of ``reads``: each file opened once, each group read once.
+
+    Files are processed by ``workers`` forked processes (default: one per core, at most
+    MAX_WORKERS), as the pass is bound by decompression; the counts are exact sums either way.
+    """
+    tasks = sorted((fs for files in sample.values() for fs in files if len(fs.rows)),
+                   key=lambda fs: -len(fs.rows))
+    totals = {spec: Counts(spec) for r in reads for spec in r.specs}
+    for counts, jets in _map_files(tasks, reads, workers):
+        for spec, c in counts.items():
+            totals[spec].merge(c)
+        if progress:
+            progress(jets)
+    return totals
+
+
+def _map_files(tasks: list[FileSample], reads: Sequence[GroupRead], workers: int | None
+               ) -> Iterator[tuple[dict[HistSpec, Counts], int]]:
+    n = min(workers or os.cpu_count() or 1, MAX_WORKERS, len(tasks))
+    if n <= 1:
+        yield from (histogram_file(fs, reads) for fs in tasks)
+        return
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
+        yield from pool.map(histogram_file, tasks, [reads] * len(tasks))
+
+
+def histogram_file(fs: FileSample, reads: Sequence[GroupRead]
+                   ) -> tuple[dict[HistSpec, Counts], int]:
+    """Counts of one file's sampled rows for every read; also the jets read (x groups)."""
+    out: dict[HistSpec, Counts] = {}
+    jets = 0
+    with open_input(fs.path) as f:
+        for read in reads:
+            counts = [Counts(spec) for spec in read.specs]
+            jets += _histogram_group(f, fs, read, counts)
+            out.update((c.spec, c) for c in counts)
+    return out, jets
+
+
+def _histogram_group(f: h5py.File, fs: FileSample, read: GroupRead,
+                     counts: Sequence[Counts]) -> int:
+    ds = dataset(f, read.group)
+    if ds.shape[0] != fs.num_jets:
+        raise InputError(f"{fs.path}: dataset '{read.group}' has {ds.shape[0]} rows but "
+                         f"the jets dataset has {fs.num_jets}")
+    fields = list(read.fields)
+    if ds.ndim == 2 and "valid" not in fields:
+        fields.append("valid")
+    missing = [n for n in fields if n not in (ds.dtype.names or ())]
+    if missing:
+        raise InputError(f"{fs.path}: dataset '{read.group}' has no field '{missing[0]}' "
+                         "(needed by the reweighting)")
+    seen = 0
+    for block in _sampled_blocks(ds, fields, fs):
+        entries = block[block["valid"]] if ds.ndim == 2 else block
+        for c in counts:
+            c.add(entries)
+        seen += len(block)
+    if seen != len(fs.rows):
+        raise BookkeepingError(f"{fs.path}: sampled {len(fs.rows)} jets of '{read.group}' but "
+                               f"read {seen}")
+    return seen
+
+
+def _sampled_blocks(ds: h5py.Dataset, fields: list[str], fs: FileSample
+                    ) -> Iterator[np.ndarray]:
+    """The sampled rows of ``ds`` (only ``fields``), in blocks of at most ~READ_ENTRIES.
+
+    A dense sample is read in contiguous chunk-aligned batches and selected in memory; a
+    sparse one (under SPARSE_FRACTION of the rows) by point selection, so HDF5 decompresses
+    only the chunks holding sampled rows and converts only those rows.
+    """
+    chunk = ds.chunks[0] if ds.chunks else 1
+    per_row = int(np.prod(ds.shape[1:], dtype=np.int64))
+    max_rows = max(chunk, (READ_ENTRIES // per_row) // chunk * chunk)
+    reader = ds.fields(fields)
+    if len(fs.rows) < SPARSE_FRACTION * fs.num_jets:
+        for start in range(0, len(fs.rows), max_rows):
+            yield reader[fs.rows[start:start + max_rows]]
+        return
+    for start, stop in batch_ranges(fs.num_jets, max_rows, chunk):
+        lo, hi = np.searchsorted(fs.rows, (start, stop))
+        if hi > lo:
+            block = reader[start:stop]
+            yield block if hi - lo == stop - start else block[fs.rows[lo:hi] - start]
+
+
+# --------------------------------------------------------------------------- targets, weights
+_TARGETS: Mapping[str, Callable[[list[np.ndarray]], np.ndarray]] = MappingProxyType({
+    "mean": lambda hs: np.sum(hs, axis=0, dtype=np.float64) / len(hs),
+    "min": lambda hs: np.min(hs, axis=0).astype(np.float64),
+    "max": lambda hs: np.max(hs, axis=0).astype(np.float64),
+    "uniform": lambda hs: np.ones(hs[0].shape, dtype=np.float64),
+})
+
+
+def make_target(rw: Reweight, hists: Mapping[int, np.ndarray]) -> np.ndarray:
+    """The target histogram of ``rw`` (float64) from the class histograms."""
+    target = rw.class_target
+    if isinstance(target, str):
+        return _TARGETS[target]([hists[c] for c in sorted(hists)])
+    labels = target if isinstance(target, tuple) else (target,)
+    unknown = [lab for lab in labels if lab not in hists]
+    if unknown:
+        found = ", ".join(map(str, sorted(hists))) or "none"
+        raise UppGridError(f"reweight {rw.name}: class_target label {unknown[0]} is not a class "
+                           f"of {rw.group}.{rw.class_var} in the train sample (found: {found})")
+    return np.sum([hists[lab] for lab in labels], axis=0, dtype=np.float64) / len(labels)
+
+
+def make_weights(hists: Mapping[int, np.ndarray], target: np.ndarray) -> dict[int, np.ndarray]:
+    """``target / hist`` per class (float64); 0 in every bin where any class is empty."""
+    empty = np.logical_or.reduce([h == 0 for h in hists.values()])
+    out = {}
+    for c, h in hists.items():
+        w = np.zeros(h.shape, dtype=np.float64)
+        np.divide(target, h, out=w, where=~empty)
+        out[c] = w
+    return out
+
+
+def build_hists(rw: Reweight, counts: Counts) -> ReweightHists:
+    """Histograms, target and weights of ``rw`` from its filled counts."""
+    if not counts.bins:
+        raise UppGridError(f"reweight {rw.name}: no {rw.group} entries in the train sample")
+    edges = counts.spec.edge_arrays
+    shape = tuple(len(e) - 1 for e in edges)
+    classes = tuple(sorted(counts.bins))
+    hists = {c: counts.bins[c].reshape(shape) for c in classes}
+    target = make_target(rw, hists)
+    if np.any(target < 0) or np.any(np.isnan(target)):
+        raise UppGridError(f"reweight {rw.name}: target histogram has negative or NaN bins")
+    weights = make_weights(hists, target)
+    return ReweightHists(rw, edges, classes, MappingProxyType(hists), target,
+                         MappingProxyType(weights))
+
+
+def flatness(h: ReweightHists) -> dict[int, np.ndarray]:
+    """Per class: weighted count / target in each populated bin, with the float32 weights.
+
+    Every entry of a class in a bin gets the same weight (``compute_weights`` looks it up), so
+    the weighted count of the histogrammed sample in a bin is ``hist * weight``.
+    """
+    keep = h.populated & (h.target > 0)
+    return {c: h.hists[c][keep] * h.weights[c][keep].astype(np.float32).astype(np.float64)
+            / h.target[keep] for c in h.classes}
+
+
+def check_flatness(h: ReweightHists) -> float:
+    """Largest ``|flatness - 1|``; raises :class:`FlatnessError` above the tolerance."""
+    worst = max((float(np.abs(r - 1).max()) for r in flatness(h).values() if len(r)),
+                default=0.0)
+    if not worst <= FLATNESS_TOLERANCE:
+        raise FlatnessError(f"reweight {h.reweight.name}: weighted classes differ from the "
+                            f"target by {worst:.3g} (> {FLATNESS_TOLERANCE}) in a populated bin")
+    return worst
+
+
+# --------------------------------------------------------------------------- histograms.h5
+def write_histograms(path: Path, hists: Sequence[ReweightHists],
+                     attrs: Mapping[str, Any]) -> None:
+    """Write ``histograms.h5`` in UPP's layout, atomically (temporary file + rename).
+
+    ``/<group>/<name>/{bins/bin_i, rw_vars, class_var, weights/<class>}`` exactly as UPP's
+    ``Reweight.save_weights_hdf5`` (float64 edges and weights, vlen-str names), plus
+    ``hists/<class>`` (int64 counts), ``target`` (float64) and the reweight as a JSON attr.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            for h in hists:
+                _write_reweight(f.require_group(h.reweight.group), h)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_reweight(parent: h5py.Group, h: ReweightHists) -> None:
+    rw = h.reweight
+    g = parent.create_group(rw.name)
+    g.attrs["reweight"] = json.dumps(_reweight_dict(rw))
+    bins = g.create_group("bins")
+    for i, e in enumerate(h.edges):
+        bins.create_dataset(f"bin_{i}", data=np.asarray(e, dtype=np.float64))
+    g.create_dataset("rw_vars", data=np.array(rw.reweight_vars, dtype=VLEN_STR))
+    g.create_dataset("class_var", data=np.array([rw.class_var], dtype=VLEN_STR))
+    for name, per_class in (("weights", h.weights), ("hists", h.hists)):
+        sub = g.create_group(name)
+        for c in h.classes:
+            sub.create_dataset(str(c), data=per_class[c])
+    g.create_dataset("target", data=h.target)
+
+
+def _reweight_dict(rw: Reweight) -> dict[str, Any]:
+    return {"group": rw.group, "reweight_vars": list(rw.reweight_vars),
+            "bins": {v: [list(r) for r in rw.bins[v]] for v in rw.reweight_vars},
+            "class_var": rw.class_var,
+            "class_target": list(rw.class_target) if isinstance(rw.class_target, tuple)
+            else rw.class_target,
+            "add_overflow": rw.add_overflow}
+
+
+def _reweight_from(data: Mapping[str, Any]) -> Reweight:
+    target = data["class_target"]
+    bins = {v: tuple((float(a), float(b), int(n)) for a, b, n in r)
+            for v, r in data["bins"].items()}
+    return Reweight(data["group"], tuple(data["reweight_vars"]), MappingProxyType(bins),
+                    data["class_var"], tuple(target) if isinstance(target, list) else target,
+                    bool(data["add_overflow"]))
+
+
+def load_histograms(path: Path) -> dict[str, ReweightHists]:
+    """Read a ``histograms.h5`` written by :func:`write_histograms`, keyed by reweight name."""
+    out = {}
+    with open_input(Path(path)) as f:
+        for group in f:
+            for name in f[group]:
+                out[name] = _read_reweight(f[group][name], path)
+    return out
+
+
+def _read_reweight(g: h5py.Group, path: Path) -> ReweightHists:
+    if "reweight" not in g.attrs:
+        raise InputError(f"{path}: {g.name} has no 'reweight' attribute (not written by "
+                         "upp-grid weights)")
+    rw = _reweight_from(json.loads(g.attrs["reweight"]))
+    edges = tuple(g["bins"][f"bin_{i}"][:] for i in range(len(g["bins"])))
+    classes = tuple(sorted(int(c) for c in g["weights"]))
+    hists = {c: g["hists"][str(c)][:] for c in classes}
+    weights = {c: g["weights"][str(c)][:] for c in classes}
+    return ReweightHists(rw, edges, classes, MappingProxyType(hists), g["target"][:],
+                         MappingProxyType(weights))
+
+
+# --------------------------------------------------------------------------- the report
+@dataclass(frozen=True)
+class ClassReport:
+    """One class of one reweight. Entries are jets (jet groups) or valid tracks."""
+
+    label: int
+    name: str
+    entries: int  # histogrammed entries, with or without a bin
+    populated: int  # entries in populated bins (non-zero weight)
+    zeroed: int  # entries in bins zeroed because another class is empty there
+    out_of_range: int  # entries with no bin: weight 0 (see the bin convention)
+    weight_min: float  # over the entries in populated bins
+    weight_median: float
+    weight_max: float
+
+
+@dataclass(frozen=True)
+class ReweightReport:
+    name: str
+    group: str
+    class_var: str
+    target: str
+    bins: int
+    populated_bins: int  # every class has entries
+    zeroed_bins: int  # some class has entries, another has none: weight 0 for all
+    empty_bins: int  # no entries at all
+    flatness_max_deviation: float
+    classes: tuple[ClassReport, ...]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall seconds of the stage's parts; ``histogram_s`` is the read + histogramming pass."""
+
+    sample_s: float = 0.0
+    histogram_s: float = 0.0
+    weights_s: float = 0.0
+    write_s: float = 0.0
+    plots_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SampledFile:
+    file: str
+    jets: int  # jets of the file in the histogrammed sample
+    of: int  # jets in the file
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    histograms: Path
+    report: Path
+    sample: Mapping[str, tuple[SampledFile, ...]]  # flavour -> its train files
+    available: Mapping[str, int]  # flavour -> train jets in the catalogue
+    reweights: tuple[ReweightReport, ...]
+    plots: tuple[Path, ...]
+    timings: Timings
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["histograms"], out["report"] = str(self.histograms), str(self.report)
+        out["plots"] = [str(p) for p in self.plots]
+        out["sample"] = {fl: [asdict(f) for f in files] for fl, files in self.sample.items()}
+        out["available"] = dict(self.available)
+        return out
+
+
+def summarise(h: ReweightHists, out_of_range: Mapping[int, int], worst: float,
+              class_names: Mapping[int, str]) -> ReweightReport:
+    """Bin and entry bookkeeping of one reweight (see :class:`ReweightReport`)."""
+    populated = h.populated
+    any_entries = np.logical_or.reduce([h.hists[c] > 0 for c in h.classes])
+    classes = tuple(_class_report(h, c, populated, out_of_range.get(c, 0), class_names)
+                    for c in h.classes)
+    rw = h.reweight
+    target = rw.class_target
+    return ReweightReport(
+        rw.name, rw.group, rw.class_var,
+        ",".join(map(str, target)) if isinstance(target, tuple) else str(target),
+        int(populated.size), int(populated.sum()), int((any_entries & ~populated).sum()),
+        int((~any_entries).sum()), worst, classes)
+
+
+def _class_report(h: ReweightHists, c: int, populated: np.ndarray, out_of_range: int,
+                  class_names: Mapping[int, str]) -> ClassReport:
+    hist = h.hists[c]
+    n, w = hist[populated], h.weights[c][populated]
+    lo, med, hi = _weighted_stats(w, n)
+    return ClassReport(c, class_names.get(c, str(c)), int(hist.sum()) + out_of_range,
+                       int(n.sum()), int(hist[~populated].sum()), out_of_range, lo, med, hi)
+
+
+def _weighted_stats(values: np.ndarray, counts: np.ndarray) -> tuple[float, float, float]:
+    """min, median and max of ``values`` repeated ``counts`` times (NaN if no entries)."""
+    keep = counts > 0
+    values, counts = values[keep], counts[keep]
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    order = np.argsort(values)
+    cum = np.cumsum(counts[order])
+    median = values[order][np.searchsorted(cum, (cum[-1] + 1) // 2)]
+    return float(values.min()), float(median), float(values.max())
+
+
+def class_names(config: Config, rw: Reweight) -> dict[int, str]:
+    """Flavour names for ``flavour_label`` classes; other class variables have none."""
+    if rw.class_var != "flavour_label":
+        return {}
+    return dict(enumerate(config.flavour_names))
+
+
+def write_report(path: Path, report: WeightsReport) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    tmp.write_text(yaml.dump(report.as_dict(), Dumper=dumper, sort_keys=False))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- the stage
+def compute_histograms(config: Config, sample: Mapping[str, Sequence[FileSample]],
+                       progress: Progress | None = None, workers: int | None = None
+                       ) -> tuple[list[ReweightHists], dict[str, Counts]]:
+    """Histogram ``sample`` for every reweight of ``config`` (one pass per file and group)."""
+    reweights = config.reweighting.reweights if config.reweighting else ()
+    specs = list(dict.fromkeys(HistSpec.of(rw) for rw in reweights))
+    by_spec = histogram_sample(sample, plan_reads(specs), progress, workers)
+    counts = {rw.name: by_spec[HistSpec.of(rw)] for rw in reweights}
+    return [build_hists(rw, counts[rw.name]) for rw in reweights], counts
+
+
+def weights_stage(config: Config, plots: bool = True, progress: Progress | None = None,
+                  workers: int | None = None) -> WeightsReport:
+    """Run the weights stage: ``histograms.h5``, ``weights-report.yaml`` and plots.
+
+    Raises
+    ------
+    UppGridError
+        No reweighting configured, no catalogue, an unknown target label, missing fields,
+        or weights that do not flatten the classes (:class:`FlatnessError`); nothing is
+        written then.
+    """
+    if not config.reweighting or not config.reweighting.reweights:
+        raise UppGridError(f"{config.path}: no reweighting section: nothing to weight")
+    t0 = time.perf_counter()
+    catalogue = read_catalogue(config)
+    sample = sample_jets(config, catalogue)
+    t1 = time.perf_counter()
+    hists, counts = compute_histograms(config, sample, progress, workers)
+    t2 = time.perf_counter()
+    summaries = [_check_and_summarise(config, h, counts[h.reweight.name]) for h in hists]
+    t3 = time.perf_counter()
+    path = histograms_path(config)
+    write_histograms(path, hists, _file_attrs(config, sample))
+    t4 = time.perf_counter()
+    plot_paths = _plots(config, hists) if plots else ()
+    t5 = time.perf_counter()
+    report = WeightsReport(
+        path, report_path(config),
+        {fl: tuple(SampledFile(str(fs.path), len(fs.rows), fs.num_jets) for fs in files)
+         for fl, files in sample.items()},
+        {fl: sum(fs.num_jets for fs in files) for fl, files in sample.items()},
+        tuple(summaries), tuple(plot_paths),
+        Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, time.perf_counter() - t0))
+    write_report(report.report, report)
+    log.info("wrote %s (%d reweights)", path, len(hists))
+    return report
+
+
+def _check_and_summarise(config: Config, h: ReweightHists, counts: Counts) -> ReweightReport:
+    worst = check_flatness(h)
+    if not h.populated.any():
+        log.warning("reweight %s: no bin has entries of every class: all weights are 0",
+                    h.reweight.name)
+    return summarise(h, counts.out_of_range, worst, class_names(config, h.reweight))
+
+
+def _file_attrs(config: Config, sample: Mapping[str, Sequence[FileSample]]) -> dict[str, Any]:
+    return {
+        "upp_grid_version": __version__,
+        "config_hash": config.config_hash,
+        "flavour_label": list(config.flavour_names),
+        "num_jets_estimate": num_jets_estimate(config),
+        "seed": config.global_.seed,
+        "num_jets_sampled": json.dumps({fl: int(sum(len(fs.rows) for fs in files))
+                                        for fl, files in sample.items()}),
+        "bin_convention": "edges[i] <= x < edges[i+1]",
+    }
+
+
+def _plots(config: Config, hists: Sequence[ReweightHists]) -> list[Path]:
+    from upp_grid.stages import plots
+
+    try:
+        return plots.plot_reweights(hists, config.global_.out_dir / PLOTS_DIR,
+                                    {h.reweight.name: class_names(config, h.reweight)
+                                     for h in hists})
+    except plots.PlottingUnavailable as err:
+        log.warning("plots skipped: %s", err)
+        return []
