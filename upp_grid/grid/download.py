@@ -910,36 +910,43 @@ def download_and_prepare(config: Config, options: DownloadOptions,
     """
     state_path = state_path_for(config)
     components_dir = config.global_.components_dir
-    staging = components_dir / STAGING_DIR / options.tag
     with DownloadLedger(state_path) as ledger:
         # a tag downloaded before names its user: its files' scope
         user = options.user or ledger.user(options.tag)
-        tag = find_outputs(config, options.tag, user, state_path)
-        containers = sum(len(t.outputs) for t in tag.tasks)
+        outputs = find_outputs(config, options.tag, user, state_path)
         if options.download:
-            backend = options.backend or default_backend(tag)
-            if tag.submission is not None and backend != default_backend(tag):
-                log.warning("tag %s ran on the %s backend; reading %s as asked", options.tag,
-                            tag.submission.backend, backend)
-            source = open_source(backend, tag)
-            wanted = list_outputs(tag, source, components_dir, options.policy)
-            log.info("%s: %d output containers, %d files (%s) in %s", options.tag, containers,
-                     len(wanted), _human(sum(w.remote.size for w in wanted)),
-                     source.description)
-            result: TransferResult | None = transfer(
-                options.tag, wanted, source, ledger, staging, options.threads, options.policy,
-                progress)
-            description = source.description
-            _raise_failures(result)
+            wanted, result, description = _fetch(outputs, options, ledger, components_dir,
+                                                  progress)
         else:
             wanted = downloaded(options.tag, ledger)
             result, description = None, "files downloaded before (--no-download)"
-    incomplete = tuple(find_incomplete(tag, wanted))
+    incomplete = tuple(find_incomplete(outputs, wanted))
     _check_complete(incomplete, options.allow_partial)
     check_layout(components_dir, options.tag, (w.dest for w in wanted))
     prepared = prepare(config, options.prepare_only, options.plots, progress)
-    return DownloadReport(options.tag, description, containers, len(wanted),
-                          sum(w.remote.size for w in wanted), result, incomplete, prepared)
+    return DownloadReport(options.tag, description, sum(len(t.outputs) for t in outputs.tasks),
+                          len(wanted), sum(w.remote.size for w in wanted), result, incomplete,
+                          prepared)
+
+
+def _fetch(outputs: TagOutputs, options: DownloadOptions, ledger: DownloadLedger,
+           components_dir: Path, progress: ProgressFactory | None
+           ) -> tuple[list[Wanted], TransferResult, str]:
+    """List the tag's containers and fetch what is not verified yet; raise on failures."""
+    backend = options.backend or default_backend(outputs)
+    if outputs.submission is not None and backend != default_backend(outputs):
+        log.warning("tag %s ran on the %s backend; reading %s as asked", options.tag,
+                    outputs.submission.backend, backend)
+    source = open_source(backend, outputs)
+    wanted = list_outputs(outputs, source, components_dir, options.policy)
+    log.info("%s: %d output containers, %d files (%s) in %s", options.tag,
+             sum(len(t.outputs) for t in outputs.tasks), len(wanted),
+             _human(sum(w.remote.size for w in wanted)), source.description)
+    staging = components_dir / STAGING_DIR / options.tag
+    result = transfer(options.tag, wanted, source, ledger, staging, options.threads,
+                      options.policy, progress)
+    _raise_failures(result)
+    return wanted, result, source.description
 
 
 def downloaded(tag: str, ledger: DownloadLedger) -> list[Wanted]:

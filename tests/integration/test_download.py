@@ -1,0 +1,431 @@
+"""``upp-grid download``: grid outputs in rucio (or the local store) → verified files → training
+files equal to a local ``upp-grid run`` on the same inputs.
+
+The grid outputs are made as PanDA makes them: the grid payload (``split_file``) runs once per
+input file (one job each), and every output is uploaded to the local rucio test server with the
+grid's file name (``user.<nick>.<taskid>._<serial>.output_<component>.h5``) into a per-task
+dataset of its output container ``<outDS>_output_<component>.h5``
+(``tests/fakes/grid_outputs.py``). Every tag gets its own container names, so tests do not
+share replicas they damage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401 - split outputs are Blosc-compressed
+import numpy as np
+import pytest
+
+from tests.fakes.grid_outputs import (
+    JobOutputs,
+    publish_task_outputs,
+    split_task,
+    upload_task_outputs,
+)
+from tests.integration.test_download_support import (
+    FLAVOURS,
+    SPLITS,
+    USER,
+    assert_same_training_files,
+    catalogue_counts,
+    ledger,
+    rucio_client,
+    upp_grid,
+    write_config,
+)
+from upp_grid.config import Config, load_config
+from upp_grid.grid import backend as states
+from upp_grid.grid.jobs import TaskSpec, plan_tasks
+from upp_grid.grid.state import StateDB, Submission
+from upp_grid.grid.store import LocalStore
+from upp_grid.mock import make_mock
+
+
+# --------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run ``upp-grid ARGS`` in this process (the console entry point, exit code and all).
+
+    Cheaper than a subprocess (no interpreter start and imports); the environment is this
+    process's (``rucio_client_config`` / ``monkeypatch``).
+    """
+    from upp_grid.cli import main
+
+    def run(*args: str | Path) -> Result:
+        logger = logging.getLogger("upp_grid")
+        saved = logger.handlers[:], logger.level, logger.propagate
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            logger.handlers[:], logger.level, logger.propagate = saved
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+@dataclass(frozen=True)
+class GridTask:
+    """A task's spec and its jobs' outputs (split once, uploaded under any tag)."""
+
+    spec: TaskSpec
+    jobs: list[JobOutputs]
+
+
+def make_tasks(config_path: Path, tag: str, work: Path) -> list[GridTask]:
+    config = load_config(config_path)
+    return [GridTask(s, split_task(config, s, work / tag))
+            for s in plan_tasks(config, tag, USER)]
+
+
+def retag(config: Config, tasks: list[GridTask], tag: str) -> list[GridTask]:
+    """The same job outputs under another tag's names (no need to split again)."""
+    specs = {s.container: s for s in plan_tasks(config, tag, USER)}
+    return [GridTask(specs[t.spec.container], t.jobs) for t in tasks]
+
+
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rucio set up at all in this process."""
+    for key in [k for k in os.environ if k.startswith("RUCIO")]:
+        monkeypatch.delenv(key)
+    for key in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        monkeypatch.delenv(key, raising=False)
+
+
+# --------------------------------------------------------------------------- shared inputs
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 mock input files: 2 in the ttbar container, 1 in the Z' container."""
+    ntuples = tmp_path_factory.mktemp("ntuples")
+    make_mock(ntuples, num_jets=3_000, num_files=3, seed=11)
+    return ntuples
+
+
+@pytest.fixture(scope="module")
+def local_run(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``upp-grid run`` on the same inputs: the reference. Returns its config."""
+    config = write_config(tmp_path_factory.mktemp("local-run"), inputs)
+    done = upp_grid("run", "-c", config, "--no-plots")
+    assert done.returncode == 0, done.stderr
+    return config
+
+
+@pytest.fixture(scope="module")
+def grid_jobs(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> list[GridTask]:
+    """The grid jobs of the demo config, run once (one per input file)."""
+    work = tmp_path_factory.mktemp("grid-jobs")
+    return make_tasks(write_config(work / "cfg", inputs), "jobs", work)
+
+
+@pytest.fixture(scope="module")
+def uploaded(rucio_server, inputs: Path, grid_jobs: list[GridTask],
+             tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tag ``full``: every job's outputs in rucio, as PanDA would leave them. Returns the tag."""
+    config = load_config(write_config(tmp_path_factory.mktemp("upload"), inputs))
+    with rucio_client(rucio_server):
+        for k, task in enumerate(retag(config, grid_jobs, "full")):
+            upload_task_outputs(rucio_server.rse, task.spec, 2000 + k, task.jobs)
+    return "full"
+
+
+TTBAR = {"ttbar": "user.mock.601589.*.h5"}
+
+
+# --------------------------------------------------------------------------- the happy path
+@pytest.fixture(scope="module")
+def downloaded(rucio_server, uploaded: str, inputs: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``upp-grid download`` of the whole tag into a fresh base dir, in a subprocess as a user
+    runs it: (config, the finished process)."""
+    config = write_config(tmp_path_factory.mktemp("downloaded"), inputs)
+    env = {**os.environ, **rucio_server.client_env()}
+    return config, upp_grid("download", "-c", config, "--tag", uploaded, "--threads", "2",
+                            "--no-plots", env=env)
+
+
+def test_download_prepares_the_same_training_files_as_a_local_run(downloaded, uploaded,
+                                                                  local_run):
+    config, done = downloaded
+
+    assert done.returncode == 0, done.stderr
+    assert "fetched and verified now: 18 files" in done.stdout
+    # one directory per grid job, files named as the job wrote them
+    components = load_config(config).global_.components_dir
+    out_ds = "user.upptest.601589.e8547_s3797_r13144_p6859.full_split.h5"
+    job = components / "ttbar" / out_ds / "_000002"
+    assert sorted(p.name for p in job.iterdir()) == sorted(
+        f"output_{s}_lowpt_ttbar_{f}.h5" for s in SPLITS for f in FLAVOURS)
+    assert not (components / ".download").exists()
+    # every file verified once, and recorded
+    rows = ledger(config, uploaded)
+    assert len(rows) == 18
+    assert {r["state"] for r in rows.values()} == {"verified"}
+    assert {r["fetches"] for r in rows.values()} == {1}
+    # same catalogue and the same training files as `upp-grid run`
+    assert catalogue_counts(config) == catalogue_counts(local_run)
+    assert_same_training_files(load_config(config).global_.out_dir,
+                               load_config(local_run).global_.out_dir)
+
+
+def test_rerun_fetches_nothing_and_no_download_prepares_offline(
+        downloaded, uploaded, rucio_client_config, cli, monkeypatch):
+    config, _ = downloaded
+    rows = ledger(config, uploaded)
+    mtimes = {n: Path(r["dest"]).stat().st_mtime_ns for n, r in rows.items()}
+
+    again = cli("download", "-c", config, "--tag", uploaded, "--prepare-only")
+
+    assert again.returncode == 0, again.stderr
+    assert "fetched and verified now: 0 files" in again.stdout
+    assert "verified before: 18" in again.stdout
+    rows = ledger(config, uploaded)
+    assert {r["fetches"] for r in rows.values()} == {1}
+    assert {n: Path(r["dest"]).stat().st_mtime_ns for n, r in rows.items()} == mtimes
+
+    # --no-download needs no rucio at all: it prepares from what is verified ...
+    offline(monkeypatch)
+    catalogue = load_config(config).global_.components_dir / "organised-components.yaml"
+    catalogue.unlink()
+    prepared = cli("download", "-c", config, "--tag", uploaded, "--no-download",
+                   "--prepare-only")
+    assert prepared.returncode == 0, prepared.stderr
+    assert catalogue.is_file()
+
+    # ... and refuses a file changed since it was verified
+    lfn, row = next(iter(rows.items()))
+    victim = Path(row["dest"])
+    victim.write_bytes(victim.read_bytes()[:-1])
+    refused = cli("download", "-c", config, "--tag", uploaded, "--no-download",
+                  "--prepare-only")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"upp-grid: error: {row['container']}: {lfn}: not downloaded and verified (changed "
+        "since it was verified)")
+
+
+# --------------------------------------------------------------------------- faults
+TTBAR_ONE_FILE = {"ttbar": "user.mock.601589.*.h5/user.mock.601589._000001.output.h5"}
+
+
+def test_damaged_replicas_are_fetched_again_then_named(rucio_server, rucio_client_config, cli,
+                                                       inputs, grid_jobs, tmp_path):
+    config = load_config(write_config(tmp_path / "grid", inputs, TTBAR_ONE_FILE))
+    (task,) = retag(config, [_first_job(grid_jobs, "ttbar")], "damaged")
+    lfns = upload_task_outputs(rucio_server.rse, task.spec, 3001, task.jobs)
+    corrupt = next(n for n in lfns if n.endswith(".output_train_lowpt_ttbar_bjets.h5"))
+    lost = next(n for n in lfns if n.endswith(".output_test_lowpt_ttbar_ujets.h5"))
+    rucio_server.corrupt_file(rucio_server.scope, corrupt)  # same size, other adler32
+    rucio_server.delete_file_on_disk(rucio_server.scope, lost)
+
+    done = cli("download", "-c", config.path, "--tag", "damaged", "--prepare-only")
+
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()[-1]
+    out_ds = task.spec.out_ds
+    assert error.startswith(f"upp-grid: error: {out_ds}_output_train_lowpt_ttbar_bjets.h5: "
+                            f"{corrupt}: adler32 is ")
+    assert "after 2 fetches (+1 more files failed, listed above)" in error
+    assert (f"{out_ds}_output_test_lowpt_ttbar_ujets.h5: {lost}: not downloaded (FAILED: no "
+            "replica could be read) after 3 fetches") in done.stderr
+    rows = ledger(config.path, "damaged")
+    assert (rows[corrupt]["state"], rows[corrupt]["fetches"]) == ("failed", 2)
+    assert (rows[lost]["state"], rows[lost]["fetches"]) == ("failed", 3)
+    assert not Path(rows[corrupt]["dest"]).exists() and not Path(rows[lost]["dest"]).exists()
+    good = {n: r for n, r in rows.items() if n not in (corrupt, lost)}
+    assert len(good) == 4 and {r["state"] for r in good.values()} == {"verified"}
+    assert not (config.global_.components_dir / "organised-components.yaml").exists()
+
+
+def _first_job(tasks: list[GridTask], sample: str) -> GridTask:
+    task = next(t for t in tasks if sample in t.spec.samples)
+    return GridTask(task.spec, task.jobs[:1])
+
+
+def test_missing_containers_are_listed_with_the_reason(rucio_client_config, cli, inputs,
+                                                       tmp_path):
+    config_path = write_config(tmp_path / "grid", inputs, TTBAR)
+
+    # no state: the names are derived; tag or user may be wrong
+    done = cli("download", "-c", config_path, "--tag", "nosuchtag")
+
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("upp-grid: error: 6 output containers not found in rucio: "
+                            "user.upptest.601589.e8547_s3797_r13144_p6859.nosuchtag_split.h5_"
+                            "output_train_lowpt_ttbar_bjets.h5 (+5 more, listed above): ")
+    assert "is --tag or the user (--rucio-user / RUCIO_ACCOUNT) wrong?" in error
+    assert done.stderr.count("missing: user.upptest.601589.") == 6
+
+    # the state says why: the task has not finished
+    config = load_config(config_path)
+    (spec,) = plan_tasks(config, "running", USER)
+    with StateDB(config.global_.base_dir / "upp-grid.sqlite") as state:
+        sub = Submission("running", "panda", str(config_path), config.config_hash, USER, "sb")
+        rec = state.record_task(sub, spec, status=states.RUNNING, jedi_task_id=4242)
+        state.update_task(rec.id, status=states.RUNNING, backend_status="running",
+                          counts=(2, 0, 0))
+    done = cli("download", "-c", config_path, "--tag", "running")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f"task 4242 of {spec.container} (running, 0/2 files done): not finished yet "
+        "(see `upp-grid status`)")
+
+
+def test_interrupted_download_resumes_without_fetching_verified_files_again(
+        rucio_client_config, cli, uploaded, inputs, tmp_path, monkeypatch):
+    from upp_grid.grid.download import DownloadOptions, RetryPolicy, download_and_prepare
+    from upp_grid.grid.rucio import RucioSource
+
+    config = load_config(write_config(tmp_path / "grid", inputs))
+    fetch, calls = RucioSource.fetch, []
+
+    def fetch_then_interrupt(self, files, staging, threads=2):
+        calls.append(len(files))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third batch
+        return fetch(self, files, staging, threads)
+
+    options = DownloadOptions(uploaded, prepare_only=True, policy=RetryPolicy(batch_files=5))
+    with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(RucioSource, "fetch", fetch_then_interrupt)
+        download_and_prepare(config, options)
+
+    before = ledger(config.path, uploaded)
+    verified = {n: Path(r["dest"]).stat().st_mtime_ns for n, r in before.items()
+                if r["state"] == "verified"}
+    assert len(verified) == 10 and len(before) == 18
+
+    done = cli("download", "-c", config.path, "--tag", uploaded, "--prepare-only")
+
+    assert done.returncode == 0, done.stderr
+    assert "fetched and verified now: 8 files" in done.stdout
+    after = ledger(config.path, uploaded)
+    assert {r["state"] for r in after.values()} == {"verified"}
+    assert {r["fetches"] for r in after.values()} == {1}  # nothing fetched twice
+    assert {n: Path(after[n]["dest"]).stat().st_mtime_ns for n in verified} == verified
+
+
+def test_inputs_without_outputs_block_prepare_unless_allowed(rucio_server, rucio_client_config,
+                                                             cli, inputs, grid_jobs, tmp_path):
+    config_path = write_config(tmp_path / "grid", inputs, TTBAR)
+    config = load_config(config_path)
+    ttbar = next(t for t in grid_jobs if "ttbar" in t.spec.samples)
+    (task,) = retag(config, [ttbar], "partial")
+    # PanDA finished the task with one of its two input files failed; and one output of the
+    # good job never reached its container
+    lost_output = "output_val_lowpt_ttbar_ujets.h5"
+    upload_task_outputs(rucio_server.rse, task.spec, 3004, task.jobs[:1],
+                        skip=[("_000001", lost_output)])
+    with StateDB(config.global_.base_dir / "upp-grid.sqlite") as state:
+        sub = Submission("partial", "panda", str(config_path), config.config_hash, USER, "sb")
+        rec = state.record_task(sub, task.spec, status=states.PARTIAL, jedi_task_id=3004)
+        state.update_task(rec.id, status=states.PARTIAL, backend_status="finished",
+                          counts=(2, 1, 1))
+
+    refused = cli("download", "-c", config_path, "--tag", "partial", "--prepare-only")
+
+    assert refused.returncode == 1
+    assert f"incomplete: {task.spec.out_ds}: job _000001 has no output in 1 container " \
+           f"({task.spec.out_ds}_{lost_output})" in refused.stderr
+    assert (f"incomplete: task 3004 of {task.spec.container} (partial, 1/2 files done, 1 "
+            "failed): 1 of 2 input files have no outputs") in refused.stderr
+    assert "--allow-partial" in refused.stderr.strip().splitlines()[-1]
+    assert {r["state"] for r in ledger(config_path, "partial").values()} == {"verified"}
+    assert not (config.global_.components_dir / "organised-components.yaml").exists()
+
+    allowed = cli("download", "-c", config_path, "--tag", "partial", "--prepare-only",
+                  "--allow-partial")
+
+    assert allowed.returncode == 0, allowed.stderr
+    assert "fetched and verified now: 0 files" in allowed.stdout
+    assert "WARNING inputs without outputs" in allowed.stdout
+    expected = _jets_in(task.jobs[0], exclude=lost_output)
+    assert catalogue_counts(config_path) == expected
+
+
+def _jets_in(job: JobOutputs, exclude: str) -> dict[str, dict[str, int]]:
+    counts = {s: dict.fromkeys(FLAVOURS, 0) for s in SPLITS}
+    for path in job.directory.glob("output_*.h5"):
+        if path.name == exclude:
+            continue
+        split, flavour = path.stem.split("_")[1], path.stem.split("_")[-1]
+        with h5py.File(path, "r") as f:
+            counts[split][flavour] += f["jets"].shape[0]
+    return counts
+
+
+# --------------------------------------------------------------------------- other sources
+def test_local_backend_store_gives_the_same_catalogue(cli, inputs, grid_jobs, local_run,
+                                                      tmp_path, monkeypatch):
+    config_path = write_config(tmp_path / "grid", inputs)
+    config = load_config(config_path)
+    store = LocalStore(tmp_path / "store")
+    with StateDB(config.global_.base_dir / "upp-grid.sqlite") as state:
+        sub = Submission("loc", "local", str(config_path), config.config_hash, USER, "sb",
+                         work_dir=str(tmp_path / "work"), store_dir=str(store.root))
+        for task in retag(config, grid_jobs, "loc"):
+            rec = state.record_task(sub, task.spec, status=states.DONE)
+            publish_task_outputs(store, task.spec, rec.id, task.jobs)
+            state.reset_jobs(rec.id, [str(j.input) for j in task.jobs])
+            for job in state.jobs(rec.id):
+                claimed = state.claim_job(rec.id, job.index, str(tmp_path / "log"))
+                state.finish_job(claimed, "done", 0, None)
+            state.update_task(rec.id, status=states.DONE, backend_status="done",
+                              counts=(len(task.jobs), len(task.jobs), 0))
+
+    # no rucio needed: the tag's backend is local
+    offline(monkeypatch)
+    done = cli("download", "-c", config_path, "--tag", "loc", "--prepare-only")
+
+    assert done.returncode == 0, done.stderr
+    assert f"from the local store {store.root}" in done.stdout
+    assert catalogue_counts(config_path) == catalogue_counts(local_run)
+    local_files = _component_files(load_config(local_run).global_.components_dir)
+    grid_files = _component_files(config.global_.components_dir)
+    assert sorted(grid_files) == sorted(local_files)
+    for key, paths in local_files.items():
+        for a, b in zip(sorted(paths), sorted(grid_files[key]), strict=True):
+            with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+                for group in fa:
+                    np.testing.assert_array_equal(fa[group][:], fb[group][:])
+
+
+def _component_files(root: Path) -> dict[str, list[Path]]:
+    """Split outputs by (sample dir, output name); the job directories differ by design."""
+    out: dict[str, list[Path]] = {}
+    for path in root.rglob("output_*.h5"):
+        if not any(p.startswith(".") for p in path.relative_to(root).parts):
+            out.setdefault(f"{path.relative_to(root).parts[0]}/{path.name}", []).append(path)
+    return out
+
+
+def test_without_a_rucio_config_the_error_says_what_to_set_up(cli, inputs, tmp_path,
+                                                              monkeypatch):
+    config_path = write_config(tmp_path / "grid", inputs, TTBAR)
+    offline(monkeypatch)
+    monkeypatch.setenv("RUCIO_ACCOUNT", USER)
+
+    done = cli("download", "-c", config_path, "--tag", "t1")
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "upp-grid: error: no rucio client config: set RUCIO_CONFIG to a rucio.cfg with a "
+        "[client] section")
