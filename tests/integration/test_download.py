@@ -23,13 +23,7 @@ import hdf5plugin  # noqa: F401 - split outputs are Blosc-compressed
 import numpy as np
 import pytest
 
-from tests.fakes.grid_outputs import (
-    JobOutputs,
-    publish_task_outputs,
-    split_task,
-    upload_task_outputs,
-)
-from tests.integration.test_download_support import (
+from tests.download_support import (
     FLAVOURS,
     SPLITS,
     USER,
@@ -37,9 +31,15 @@ from tests.integration.test_download_support import (
     catalogue_counts,
     ledger,
     rucio_client,
-    upp_grid,
     write_config,
 )
+from tests.fakes.grid_outputs import (
+    JobOutputs,
+    publish_task_outputs,
+    split_task,
+    upload_task_outputs,
+)
+from tests.grid_support import clean_env, run_cli
 from upp_grid.config import Config, load_config
 from upp_grid.grid import backend as states
 from upp_grid.grid.jobs import TaskSpec, plan_tasks
@@ -123,7 +123,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def local_run(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``upp-grid run`` on the same inputs: the reference. Returns its config."""
     config = write_config(tmp_path_factory.mktemp("local-run"), inputs)
-    done = upp_grid("run", "-c", config, "--no-plots")
+    done = run_cli(["run", "-c", config, "--no-plots"], clean_env(), timeout=600)
     assert done.returncode == 0, done.stderr
     return config
 
@@ -156,9 +156,9 @@ def downloaded(rucio_server, uploaded: str, inputs: Path, tmp_path_factory: pyte
     """``upp-grid download`` of the whole tag into a fresh base dir, in a subprocess as a user
     runs it: (config, the finished process)."""
     config = write_config(tmp_path_factory.mktemp("downloaded"), inputs)
-    env = {**os.environ, **rucio_server.client_env()}
-    return config, upp_grid("download", "-c", config, "--tag", uploaded, "--threads", "2",
-                            "--no-plots", env=env)
+    env = clean_env(**rucio_server.client_env())
+    return config, run_cli(["download", "-c", config, "--tag", uploaded, "--threads", "2",
+                            "--no-plots"], env, timeout=600)
 
 
 def test_download_prepares_the_same_training_files_as_a_local_run(downloaded, uploaded,
@@ -291,8 +291,9 @@ def test_missing_containers_are_listed_with_the_reason(rucio_client_config, cli,
 
 def test_interrupted_download_resumes_without_fetching_verified_files_again(
         rucio_client_config, cli, uploaded, inputs, tmp_path, monkeypatch):
-    from upp_grid.grid.download import DownloadOptions, RetryPolicy, download_and_prepare
+    from upp_grid.grid.download import DownloadOptions, download_and_prepare
     from upp_grid.grid.rucio import RucioSource
+    from upp_grid.grid.transfer import RetryPolicy
 
     config = load_config(write_config(tmp_path / "grid", inputs))
     fetch, calls = RucioSource.fetch, []

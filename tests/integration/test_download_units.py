@@ -12,27 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from upp_grid.grid.download import (
-    DownloadError,
-    DownloadLedger,
-    RetryPolicy,
-    StoreSource,
-    Wanted,
-    check_layout,
-    job_dir,
-    parse_lfn,
-    transfer,
-)
+from upp_grid.fsutil import adler32_file
+from upp_grid.grid.downloads import DownloadError, Wanted, check_layout, job_dir, parse_lfn
+from upp_grid.grid.names import scope_of
 from upp_grid.grid.rucio import (
     FetchOutcome,
     RemoteFile,
     RucioConfigError,
     TransientRucioError,
-    adler32_file,
     find_rucio_config,
-    scope_of,
 )
+from upp_grid.grid.sources import StoreSource
+from upp_grid.grid.state import StateDB
 from upp_grid.grid.store import LocalStore
+from upp_grid.grid.transfer import RetryPolicy, transfer
 
 SCOPE = "user.jdoe"
 CONTAINER = "user.jdoe.601589.e1_s2.t1_split.h5_output_train_lowpt_ttbar_bjets.h5"
@@ -114,15 +107,15 @@ def test_transient_failures_are_retried_and_every_file_is_verified(tmp_path):
     source = FlakySource(store.root, failures=2)
     source.list_files(SCOPE, CONTAINER)
 
-    with DownloadLedger(tmp_path / "state.sqlite") as ledger:
-        result = transfer("t1", wanted, source, ledger, tmp_path / "components" / ".download",
+    with StateDB(tmp_path / "state.sqlite") as state:
+        result = transfer("t1", wanted, source, state, tmp_path / "components" / ".download",
                           policy=RetryPolicy(attempts=3, backoff=0.01))
-        rows = ledger.rows("t1")
+        rows = state.download_files("t1")
 
     assert result.failures == {} and result.fetched == 2
     assert source.calls == 3
-    assert {r.state for r in rows.values()} == {"verified"}
-    assert {r.fetches for r in rows.values()} == {3}
+    assert {r.state for r in rows} == {"verified"}
+    assert {r.fetches for r in rows} == {3}
     for w in wanted:
         assert w.dest.read_bytes() == store.path(
             next(s for s in store.list_files(SCOPE, CONTAINER) if s.name == w.remote.name)
@@ -134,8 +127,8 @@ def test_a_file_still_unreadable_after_the_retries_is_named(tmp_path):
     source = FlakySource(tmp_path / "store", failures=99)
     source.list_files(SCOPE, CONTAINER)
 
-    with DownloadLedger(tmp_path / "state.sqlite") as ledger:
-        result = transfer("t1", wanted, source, ledger, tmp_path / "staging",
+    with StateDB(tmp_path / "state.sqlite") as state:
+        result = transfer("t1", wanted, source, state, tmp_path / "staging",
                           policy=RetryPolicy(attempts=2, backoff=0.01))
 
     (message,) = result.failures.values()

@@ -16,24 +16,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytest
 
-from tests.integration.test_grid_support import (
+from tests.grid_support import (
+    NICK,
     TTBAR,
     ZPRIME,
     Project,
     input_files,
     make_project,
+    read_h5,
     run_cli,
 )
 from upp_grid.config import load_config
 from upp_grid.grid.state import StateDB
 from upp_grid.grid.store import LocalStore
 from upp_grid.stages.split_local import plan_units, split_stage
-
-NICK = "testuser"
 
 
 @pytest.fixture
@@ -52,11 +51,6 @@ def status(project: Project) -> dict[str, dict[str, Any]]:
     done = run_cli(["status", "--state", project.state, "--json"], project.env)
     assert done.returncode == 0, done.stderr
     return {t["container"]: t for t in json.loads(done.stdout)["tags"][0]["tasks"]}
-
-
-def read(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {name: f[name][:] for name in f}
 
 
 def test_local_jobs_match_split_and_a_failed_job_is_retried(project, tmp_path):
@@ -97,7 +91,7 @@ def test_local_jobs_match_split_and_a_failed_job_is_retried(project, tmp_path):
                 stored = next(s for s in store.list_files(task["scope"], output["container"])
                               if s.name == name)
                 assert store.verify(stored)  # size and adler32 of the manifest
-                got, want = read(store.path(stored)), read(unit.out_dir / output["file"])
+                got, want = read_h5(store.path(stored)), read_h5(unit.out_dir / output["file"])
                 for group in want:
                     np.testing.assert_array_equal(got[group], want[group])
                 compared += 1

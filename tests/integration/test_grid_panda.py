@@ -19,7 +19,8 @@ from urllib.parse import unquote
 import pytest
 
 from tests.fakes.panda_server import FakePanda
-from tests.integration.test_grid_support import (
+from tests.grid_support import (
+    NICK,
     TTBAR,
     ZPRIME,
     Project,
@@ -33,7 +34,6 @@ from upp_grid.stages.split import declared_outputs
 
 pytest.importorskip("pandaclient")
 
-NICK = "testuser"
 OUT_DS = {TTBAR: f"user.{NICK}.601589.e8547_s3797_r13144_p6859.t1_split.h5",
           ZPRIME: f"user.{NICK}.800030.e7954_s3797_r13144_p6859.t1_split.h5"}
 SAMPLE = {TTBAR: "ttbar", ZPRIME: "zprime"}

@@ -2,7 +2,7 @@
 same training files as ``upp-grid run`` on the same inputs.
 
 * ``upp-grid submit`` talks to the fake PanDA server with the real pandaclient, and uploads the
-  real sandbox (of a small linked venv, see ``test_grid_support.linked_env``).
+  real sandbox (of a small linked venv, see ``tests.grid_support.linked_env``).
 * When the server accepts a task, :class:`GridSite` does what the grid would: it unpacks the
   uploaded sandbox, runs one job per input file of the task's inDS (the task's own command,
   ``bash grid/split.sh … %IN``, in a job directory holding the sandbox and the staged input),
@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from tests.fakes.grid_outputs import GridFile, upload_grid_files
-from tests.fakes.panda_server import FakePanda
-from tests.integration.test_download_support import (
+from tests.download_support import (
     USER,
     assert_same_training_files,
     catalogue_counts,
     ledger,
     write_config,
 )
-from tests.integration.test_grid_support import make_project, run_cli
+from tests.fakes.grid_outputs import GridFile, upload_grid_files
+from tests.fakes.panda_server import FakePanda
+from tests.grid_support import make_project, run_cli
 from upp_grid.grid import sandbox as sandboxes
-from upp_grid.grid.rucio import scope_of
+from upp_grid.grid.names import scope_of
 
 TAG = "path1"
 

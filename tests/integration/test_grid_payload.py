@@ -13,11 +13,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from tests.integration.test_grid_support import REPO, TTBAR, input_files, make_project
+from tests.grid_support import REPO, TTBAR, input_files, make_project, read_h5
 from upp_grid.config import load_config
 from upp_grid.grid import sandbox as sandboxes
 from upp_grid.grid.submit import build_sandbox
@@ -44,11 +43,6 @@ def run_job(job_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=job_dir, capture_output=True, text=True, timeout=300, check=False)
 
 
-def read(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {name: f[name][:] for name in f}
-
-
 def test_unpacked_real_sandbox_runs_the_split_with_nothing_else_installed(real, tmp_path):
     project, config, info = real
     job = tmp_path / "somewhere" / "job"
@@ -67,7 +61,7 @@ def test_unpacked_real_sandbox_runs_the_split_with_nothing_else_installed(real, 
     reference = tmp_path / "reference"
     split_file(config, source, reference, ["ttbar"])
     for name in sorted(expected):
-        got, want = read(job / name), read(reference / name)
+        got, want = read_h5(job / name), read_h5(reference / name)
         assert got.keys() == want.keys()
         for group in want:
             np.testing.assert_array_equal(got[group], want[group], err_msg=f"{name}/{group}")

@@ -80,9 +80,11 @@ def assert_norm(config: Config, norm: dict, weighted: bool) -> None:
             assert got["std"] == pytest.approx(std, rel=1e-6), (group, var)
 
 
-def test_norm_dict_equals_numpy_over_all_jets_and_valid_tracks(merged: Config) -> None:
-    result = norm_stage(merged)
-    assert result.num_jets == sum(train_arrays(merged)[0].shape)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_norm_dict_equals_numpy_over_all_jets_and_valid_tracks(merged: Config,
+                                                               use_cache: bool) -> None:
+    result = norm_stage(merged, use_cache=use_cache)
+    assert result.num_jets == len(train_arrays(merged)[0])
     assert_norm(merged, read_yaml(result.norm_path), weighted=False)
 
 
@@ -112,6 +114,17 @@ def test_class_dict_is_upps_inverse_frequency_over_present_values(merged: Config
         assert got == upp_weights(jets[var])
     assert classes["tracks"] == {"ftagTruthOriginLabel":
                                  upp_weights(tracks["ftagTruthOriginLabel"][valid])}
+
+
+def test_statistics_cached_by_merge_equal_a_fresh_pass(merged: Config) -> None:
+    cached = norm_stage(merged)
+    fresh = norm_stage(merged, use_cache=False)
+    for group, per_var in fresh.norm.items():
+        for var, got in per_var.items():
+            assert cached.norm[group][var]["mean"] == pytest.approx(got["mean"], rel=1e-12)
+            assert cached.norm[group][var]["std"] == pytest.approx(got["std"], rel=1e-12)
+    assert cached.classes == fresh.classes
+    assert (cached.num_jets, cached.entries) == (fresh.num_jets, fresh.entries)
 
 
 def test_chan_combination_is_exact_for_any_batching() -> None:

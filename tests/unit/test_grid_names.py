@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_grid_support import TTBAR, ZPRIME, make_project
+from tests.grid_support import TTBAR, ZPRIME, make_project
 from upp_grid.config import load_config
 from upp_grid.errors import InputError, UppGridError
 from upp_grid.grid import names

@@ -1,16 +1,39 @@
-"""The state DB: schema version, WAL, transitions, and concurrent `status` processes."""
+"""The state DB: schema version and migrations, WAL, transitions, download records, and
+concurrent `status` processes."""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
-from tests.integration.test_grid_support import clean_env
+from tests.grid_support import clean_env
 from upp_grid.grid.jobs import OutputSpec, TaskSpec
-from upp_grid.grid.state import SCHEMA_VERSION, StateDB, StateError, Submission
+from upp_grid.grid.state import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    DownloadFile,
+    StateDB,
+    StateError,
+    Submission,
+)
+
+# What `upp-grid download` of schema 1 created next to the state tables on its own
+V1_DOWNLOAD_TABLES = """
+CREATE TABLE download_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO download_meta VALUES ('schema_version', '1');
+CREATE TABLE download_files (tag TEXT NOT NULL, did TEXT NOT NULL, container TEXT NOT NULL,
+    out_ds TEXT NOT NULL, sample TEXT NOT NULL, output TEXT NOT NULL, serial TEXT NOT NULL,
+    bytes INTEGER NOT NULL, adler32 TEXT NOT NULL, dest TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('listed', 'verified', 'failed')),
+    fetches INTEGER NOT NULL DEFAULT 0, mtime_ns INTEGER, error TEXT, updated REAL NOT NULL,
+    PRIMARY KEY (tag, did));
+INSERT INTO download_files VALUES ('v1', 'user.jdoe:user.jdoe.1000._000001.output_a.h5', 'c',
+    'outds', 'ttbar', 'a', '_000001', 10, '0000000a', '/c/a.h5', 'verified', 1, 5, NULL, 0);
+"""
 
 
 def spec(container: str) -> TaskSpec:
@@ -35,13 +58,86 @@ def test_new_state_file_has_schema_version_and_wal(tmp_path):
     with StateDB(tmp_path / "s.sqlite"):
         pass
     db = sqlite3.connect(tmp_path / "s.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
-    with pytest.raises(StateError, match="newer upp-grid"):
+    message = (f"{tmp_path / 's.sqlite'}: written by a newer upp-grid (schema 3, this one reads "
+               "up to 2): upgrade upp-grid")
+    with pytest.raises(StateError) as err:
         StateDB(tmp_path / "s.sqlite")
+    assert str(err.value) == message
+    done = subprocess.run([sys.executable, "-m", "upp_grid", "status", "--state",
+                           str(tmp_path / "s.sqlite")], env=clean_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr) == (1, f"upp-grid: error: {message}\n")
+
+
+def write_v1(path, with_download_tables: bool) -> None:
+    """A state file as upp-grid of schema 1 left it, with one submission."""
+    db = sqlite3.connect(path)
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO submissions VALUES ('v1', 'local', '/cfg.yaml', 'hash', 'jdoe', "
+               "'/sb.tar.gz', NULL, NULL, 'then', 'then')")
+    if with_download_tables:
+        db.executescript(V1_DOWNLOAD_TABLES)
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("with_download_tables", [False, True])
+def test_a_schema_1_file_is_migrated_and_keeps_its_rows(tmp_path, with_download_tables):
+    path = tmp_path / "s.sqlite"
+    write_v1(path, with_download_tables)
+
+    with StateDB(path) as state:
+        assert state.submission("v1").sandbox == "/sb.tar.gz"
+        assert state.download_scope("v1") == ("user.jdoe" if with_download_tables else None)
+        state.record_listed([DownloadFile("v2", "user.jdoe:f.h5", "c", "o", "s", "a", "_000001",
+                                          3, "00000003", tmp_path / "f.h5")])
+        assert [f.name for f in state.download_files("v2")] == ["f.h5"]
+
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "download_files" in tables and "download_meta" not in tables
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_file_with_only_the_old_download_tables_is_migrated(tmp_path):
+    # `upp-grid download` without any submission used to create the file on its own
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V1_DOWNLOAD_TABLES)
+    db.close()
+
+    with StateDB(path) as state:
+        (row,) = state.download_files("v1")
+        assert (row.state, row.fetches, row.mtime_ns, row.size) == ("verified", 1, 5, 10)
+        assert state.submissions() == []
+
+
+def test_download_rows_keep_their_state_until_the_catalogue_entry_changes(tmp_path):
+    listed = DownloadFile("v1", "user.jdoe:f.h5", "c", "o", "s", "a", "_000001", 3, "00000003",
+                          tmp_path / "f.h5")
+    with StateDB(tmp_path / "s.sqlite") as state:
+        state.record_listed([listed])
+        state.download_fetched("v1", listed.did)
+        state.download_verified("v1", listed.did, 123)
+        state.record_listed([listed])  # listed again, unchanged: still verified
+        (row,) = state.download_files("v1")
+        assert (row.state, row.fetches, row.mtime_ns) == ("verified", 1, 123)
+
+        state.record_listed([replace(listed, adler32="00000004")])
+        (row,) = state.download_files("v1")
+        assert (row.state, row.adler32) == ("listed", "00000004")
+
+        state.download_failed("v1", listed.did, "bad")
+        (row,) = state.download_files("v1")
+        assert (row.state, row.error, row.mtime_ns) == ("failed", "bad", None)
 
 
 def test_missing_state_is_an_error_when_only_reading(tmp_path):

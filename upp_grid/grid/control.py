@@ -13,7 +13,13 @@ from typing import Any
 
 from upp_grid.errors import UppGridError
 from upp_grid.grid.backend import open_backend
-from upp_grid.grid.state import DEFAULT_NAME, JobRecord, StateDB, Submission, TaskRecord
+from upp_grid.grid.state import (
+    JobRecord,
+    StateDB,
+    Submission,
+    TaskRecord,
+    default_state_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,7 @@ def state_path(config_path: Path | None, state: Path | None) -> Path:
         raise UppGridError("give -c CFG (its base_dir holds the state) or --state DB")
     from upp_grid.config import load_config
 
-    return load_config(config_path).global_.base_dir / DEFAULT_NAME
+    return default_state_path(load_config(config_path))
 
 
 def _submissions(state: StateDB, tag: str | None) -> list[Submission]:

@@ -106,6 +106,14 @@ def log_container(out_ds: str) -> str:
     return f"{out_ds}.log"
 
 
+def scope_of(name: str) -> str:
+    """The rucio scope of a DID name: ``user.<nick>`` / ``group.<name>`` or the first field."""
+    parts = name.split(".")
+    if parts[0] in ("user", "group") and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
 def check_dataset_name(name: str, user: str, what: str) -> None:
     """Check one output-side dataset name: ``user.<user>.`` prefix, characters and length.
 

@@ -36,6 +36,7 @@ JEDI_STATES = {
 # JEDI states in which nothing changes any more, not even through a retry
 _JEDI_FINAL = frozenset({"done", "broken", "aborted"})
 _RETRYABLE_JEDI = frozenset({"finished", "failed", "exhausted"})
+_DOING = {"retry": "retrying", "kill": "killing"}
 
 
 def task_state(jedi_status: str) -> str:
@@ -101,23 +102,23 @@ class PandaBackend:
         return self.state.tasks(submission.tag)
 
     def retry(self, submission: Submission) -> list[TaskRecord]:
-        tasks = self.refresh(submission)
-        retried = [t for t in tasks if t.backend_status in _RETRYABLE_JEDI]
-        for task in retried:
-            assert task.jedi_task_id is not None
-            self._connect().retry(task.jedi_task_id)
-            self.state.add_event(task.tag, task.container, "retry",
-                                 f"jediTaskID={task.jedi_task_id}")
-            log.info("retrying %s (jediTaskID=%d)", task.container, task.jedi_task_id)
-        return self.refresh(submission) if retried else tasks
+        return self._act(submission, "retry", PandaClient.retry,
+                         lambda t: t.backend_status in _RETRYABLE_JEDI)
 
     def kill(self, submission: Submission) -> list[TaskRecord]:
+        return self._act(submission, "kill", PandaClient.kill,
+                         lambda t: t.status not in states.SETTLED)
+
+    def _act(self, submission: Submission, action: str,
+             call: Callable[[PandaClient, int], None],
+             pick: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
+        """``call`` each task ``pick`` selects after a refresh, log it; then refresh again."""
         tasks = self.refresh(submission)
-        killed = [t for t in tasks if t.status not in states.SETTLED]
-        for task in killed:
+        picked = [t for t in tasks if pick(t)]
+        for task in picked:
             assert task.jedi_task_id is not None
-            self._connect().kill(task.jedi_task_id)
-            self.state.add_event(task.tag, task.container, "kill",
+            call(self._connect(), task.jedi_task_id)
+            self.state.add_event(task.tag, task.container, action,
                                  f"jediTaskID={task.jedi_task_id}")
-            log.info("killing %s (jediTaskID=%d)", task.container, task.jedi_task_id)
-        return self.refresh(submission) if killed else tasks
+            log.info("%s %s (jediTaskID=%d)", _DOING[action], task.container, task.jedi_task_id)
+        return self.refresh(submission) if picked else tasks

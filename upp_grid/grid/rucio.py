@@ -24,13 +24,13 @@ from __future__ import annotations
 import configparser
 import logging
 import os
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from upp_grid.errors import UppGridError
+from upp_grid.fsutil import adler32_file
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger(__name__ + ".client")
@@ -39,7 +39,6 @@ client_log = logging.getLogger(__name__ + ".client")
 TRANSFER_TIMEOUT = 3600
 #: rucio ``clientState`` values that mean the file is in the staging directory.
 FETCHED_STATES = ("DONE", "ALREADY_DONE")
-_HASH_BLOCK = 4 * 1024 * 1024
 _REQUIRED_CLIENT_KEYS = ("rucio_host", "auth_host", "auth_type")
 
 
@@ -100,15 +99,6 @@ class Verification:
 
 
 # --------------------------------------------------------------------------- checksums
-def adler32_file(path: Path) -> str:
-    """adler32 of a file in rucio's format: 8 lower-case hex digits, zero-padded."""
-    value = 1
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            value = zlib.adler32(block, value)
-    return f"{value & 0xFFFFFFFF:08x}"
-
-
 def verify_file(path: Path, expected: RemoteFile) -> Verification:
     """Compare ``path`` with the catalogue entry (the size first: no hashing if it differs)."""
     size = path.stat().st_size
@@ -118,14 +108,6 @@ def verify_file(path: Path, expected: RemoteFile) -> Verification:
 
 
 # --------------------------------------------------------------------------- names
-def scope_of(name: str) -> str:
-    """The scope of a DID name: ``user.<nick>`` / ``group.<name>`` or the first field."""
-    parts = name.split(".")
-    if parts[0] in ("user", "group") and len(parts) > 1:
-        return ".".join(parts[:2])
-    return parts[0]
-
-
 def _spellings(name: str) -> list[str]:
     """``name`` and, for a container, the other spelling (ATLAS containers end in ``/``)."""
     other = name[:-1] if name.endswith("/") else name + "/"

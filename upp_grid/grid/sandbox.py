@@ -37,6 +37,7 @@ from pathlib import Path
 
 import upp_grid
 from upp_grid.errors import UppGridError
+from upp_grid.fsutil import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -330,17 +331,12 @@ def make_manifest(inputs: SandboxInputs, members: list[Member]) -> dict:
 def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL) -> int:
     """Write a deterministic ``.tar.gz`` atomically; returns its size in bytes."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
-                              mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for member in members:
-                _add_member(tar, member)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, tmp.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
+                          mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in members:
+            _add_member(tar, member)
     return out.stat().st_size
 
 
@@ -394,8 +390,8 @@ def ensure_sandbox(inputs: SandboxInputs, out_dir: Path, *, limit: int | None = 
         members = sorted([*members, manifest_member], key=lambda m: m.arcname)
         log.info("packing %d files into %s", len(members), out)
         size = write_tarball(members, out, level)
-        _write_info(info_path, {"fingerprint": digest, "size": size, "created":
-                                manifest["created"], "members": len(members)})
+        write_json_atomic(info_path, {"fingerprint": digest, "size": size,
+                                      "created": manifest["created"], "members": len(members)})
         info = SandboxInfo(out, size, tuple(m.arcname for m in members), False, digest,
                            tuple(credentials))
     if limit is not None and info.size > limit:
@@ -411,12 +407,6 @@ def _read_info(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write_info(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------- unpacking

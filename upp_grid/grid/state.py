@@ -11,28 +11,47 @@ queries only. Tables:
   file counts, how many times it was submitted.
 * ``jobs``: local backend, one row per input file: state, attempt, exit code, log, pid.
 * ``events``: every status change and command, oldest first.
+* ``download_files``: one row per grid file of a tag that ``upp-grid download`` listed: its DID,
+  container, outDS, sample, output and job serial, the catalogue's size and adler32, its
+  destination, its state (``listed`` -> ``verified`` or ``failed``), the number of fetches, the
+  destination's mtime at verification and the last error (see :mod:`upp_grid.grid.downloads`).
+
+Schema versions (``PRAGMA user_version``), each reached from the one before by
+:data:`MIGRATIONS`:
+
+1. submissions, tasks, jobs, events.
+2. download_files, which ``download`` used to create on its own (with a ``download_meta`` table
+   holding the version of that table alone, dropped: the file has one version).
+
+A file from a newer upp-grid is refused with a one-line error asking to upgrade.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from upp_grid.errors import UppGridError
 from upp_grid.grid.jobs import OutputSpec, TaskSpec
+from upp_grid.grid.names import scope_of
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from upp_grid.config import Config
+
+log = logging.getLogger(__name__)
+
 DEFAULT_NAME = "upp-grid.sqlite"
 BUSY_TIMEOUT_S = 60.0
 
-_SCHEMA = (
+_V1 = (
     """CREATE TABLE IF NOT EXISTS submissions (
         tag TEXT PRIMARY KEY,
         backend TEXT NOT NULL,
@@ -86,6 +105,31 @@ _SCHEMA = (
         detail TEXT)""",
     "CREATE INDEX IF NOT EXISTS events_by_tag ON events (tag, id)",
 )
+# IF NOT EXISTS: a file written by an older download may have the table already, same columns
+_V2 = (
+    """CREATE TABLE IF NOT EXISTS download_files (
+        tag TEXT NOT NULL,
+        did TEXT NOT NULL,
+        container TEXT NOT NULL,
+        out_ds TEXT NOT NULL,
+        sample TEXT NOT NULL,
+        output TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        adler32 TEXT NOT NULL,
+        dest TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('listed', 'verified', 'failed')),
+        fetches INTEGER NOT NULL DEFAULT 0,
+        mtime_ns INTEGER,
+        error TEXT,
+        updated REAL NOT NULL,
+        PRIMARY KEY (tag, did))""",
+    "CREATE INDEX IF NOT EXISTS download_files_dest ON download_files (tag, dest)",
+    "DROP TABLE IF EXISTS download_meta",
+)
+#: ``MIGRATIONS[v]``: the statements that take a file from version ``v - 1`` to ``v``.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 class StateError(UppGridError):
@@ -95,6 +139,11 @@ class StateError(UppGridError):
 def now() -> str:
     """UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def default_state_path(config: Config) -> Path:
+    """The state file of a config: ``<base_dir>/upp-grid.sqlite``."""
+    return config.global_.base_dir / DEFAULT_NAME
 
 
 @dataclass(frozen=True)
@@ -141,7 +190,7 @@ class TaskRecord:
     @property
     def scope(self) -> str:
         """rucio scope of the outputs (``user.<nick>``)."""
-        return ".".join(self.out_ds.split(".")[:2])
+        return scope_of(self.out_ds)
 
 
 @dataclass(frozen=True)
@@ -169,6 +218,34 @@ class Event:
     at: str
     event: str
     detail: str | None
+
+
+@dataclass(frozen=True)
+class DownloadFile:
+    """One grid file of a tag that ``download`` listed (a ``download_files`` row)."""
+
+    tag: str
+    did: str  #: ``scope:name``
+    container: str  #: the output container it was listed from
+    out_ds: str
+    sample: str
+    output: str  #: ``<split>_<region>_<sample>_<flavour>``
+    serial: str  #: the grid job's serial, ``_000001``
+    size: int  #: bytes, as the catalogue lists it
+    adler32: str  #: as the catalogue lists it
+    dest: Path
+    state: str = "listed"  #: ``listed``, ``verified`` or ``failed``
+    fetches: int = 0
+    mtime_ns: int | None = None  #: the destination's mtime when it was verified
+    error: str | None = None
+
+    @property
+    def scope(self) -> str:
+        return self.did.split(":", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.did.split(":", 1)[1]
 
 
 class StateDB:
@@ -202,17 +279,26 @@ class StateDB:
                     raise
                 time.sleep(0.05)
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    def _version(self) -> int:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StateError(f"{self.path}: written by a newer upp-grid (schema {version}, this "
-                             f"one knows {SCHEMA_VERSION})")
-        if version == SCHEMA_VERSION:
+                             f"one reads up to {SCHEMA_VERSION}): upgrade upp-grid")
+        return version
+
+    def _migrate(self) -> None:
+        """Bring the file to :data:`SCHEMA_VERSION`, one version at a time, in one transaction."""
+        if self._version() == SCHEMA_VERSION:
             return
         with self.transaction() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = self._version()  # again: another process may have migrated meanwhile
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    db.execute(statement)
+            # a PRAGMA takes no parameters; the value is this module's constant
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        if version:
+            log.info("%s: state schema %d -> %d", self.path, version, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -389,6 +475,68 @@ class StateDB:
             return db.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
                               "WHERE task_id = ? AND state = 'queued'",
                               (error, now(), task_id)).rowcount
+
+
+    # -------------------------------------------------------------------------- downloads
+    def record_listed(self, files: Iterable[DownloadFile]) -> None:
+        """Add newly listed files as ``listed``; a known file keeps its state unless its
+        catalogue entry (size, adler32) or its destination changed, then it starts over."""
+        stamp = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                """INSERT INTO download_files (tag, did, container, out_ds, sample, output,
+                       serial, bytes, adler32, dest, state, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'listed', ?)
+                   ON CONFLICT (tag, did) DO UPDATE SET container = excluded.container,
+                       out_ds = excluded.out_ds, sample = excluded.sample,
+                       output = excluded.output, serial = excluded.serial, dest = excluded.dest,
+                       state = CASE WHEN bytes = excluded.bytes AND adler32 = excluded.adler32
+                           AND dest = excluded.dest THEN state ELSE 'listed' END,
+                       bytes = excluded.bytes, adler32 = excluded.adler32,
+                       updated = excluded.updated""",
+                [(f.tag, f.did, f.container, f.out_ds, f.sample, f.output, f.serial, f.size,
+                  f.adler32, str(f.dest), stamp) for f in files])
+
+    def download_files(self, tag: str) -> list[DownloadFile]:
+        """Every listed file of ``tag``, by destination."""
+        return [_download_file(r) for r in self._rows(
+            "SELECT * FROM download_files WHERE tag = ? ORDER BY dest", (tag,))]
+
+    def download_scope(self, tag: str) -> str | None:
+        """The rucio scope of a tag's listed files (``user.<nick>``), None if none listed."""
+        rows = self._rows("SELECT did FROM download_files WHERE tag = ? LIMIT 1", (tag,))
+        return rows[0]["did"].split(":", 1)[0] if rows else None
+
+    def download_fetched(self, tag: str, did: str) -> None:
+        """One more fetch of a file."""
+        self._write("UPDATE download_files SET fetches = fetches + 1, updated = ? "
+                    "WHERE tag = ? AND did = ?", (time.time(), tag, did))
+
+    def download_verified(self, tag: str, did: str, mtime_ns: int) -> None:
+        """The file is in place and matches; ``mtime_ns`` of its destination."""
+        self._write("UPDATE download_files SET state = 'verified', mtime_ns = ?, error = NULL, "
+                    "updated = ? WHERE tag = ? AND did = ?", (mtime_ns, time.time(), tag, did))
+
+    def download_failed(self, tag: str, did: str, error: str) -> None:
+        self._write("UPDATE download_files SET state = 'failed', mtime_ns = NULL, error = ?, "
+                    "updated = ? WHERE tag = ? AND did = ?", (error, time.time(), tag, did))
+
+    def download_unverified(self, tag: str, did: str) -> None:
+        """Back to ``listed`` (the file in place no longer matches)."""
+        self._write("UPDATE download_files SET state = 'listed', mtime_ns = NULL, updated = ? "
+                    "WHERE tag = ? AND did = ?", (time.time(), tag, did))
+
+    def _write(self, sql: str, args: Sequence[Any]) -> None:
+        with self.transaction() as db:
+            db.execute(sql, args)
+
+
+def _download_file(row: sqlite3.Row) -> DownloadFile:
+    return DownloadFile(
+        tag=row["tag"], did=row["did"], container=row["container"], out_ds=row["out_ds"],
+        sample=row["sample"], output=row["output"], serial=row["serial"], size=row["bytes"],
+        adler32=row["adler32"], dest=Path(row["dest"]), state=row["state"],
+        fetches=row["fetches"], mtime_ns=row["mtime_ns"], error=row["error"])
 
 
 def _task(row: sqlite3.Row) -> TaskRecord:

@@ -11,26 +11,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import shutil
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from upp_grid.errors import UppGridError
+from upp_grid.fsutil import adler32_file, atomic_path, write_json_atomic
 
 MANIFEST_NAME = ".manifest.json"
-_CHUNK = 4 * 2**20
-
-
-def adler32(path: Path) -> str:
-    """adler32 of a file's content as rucio writes it (8 hex digits)."""
-    value = 1
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
 
 
 @dataclass(frozen=True)
@@ -73,13 +62,9 @@ class LocalStore:
         """Move ``src`` into the dataset as ``name`` (replacing an older one) and list it."""
         folder = self.dataset_dir(scope, dataset)
         folder.mkdir(parents=True, exist_ok=True)
-        stored = StoredFile(scope, dataset, name, src.stat().st_size, adler32(src))
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        try:
+        stored = StoredFile(scope, dataset, name, src.stat().st_size, adler32_file(src))
+        with atomic_path(folder / name) as tmp:
             shutil.move(src, tmp)
-            os.replace(tmp, folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
         with self._locked():
             files = self._read(folder)
             files[name] = {"bytes": stored.bytes, "adler32": stored.adler32}
@@ -96,7 +81,7 @@ class LocalStore:
         """Whether the file on disk has the size and adler32 of the manifest."""
         path = self.path(stored)
         return (path.is_file() and path.stat().st_size == stored.bytes
-                and adler32(path) == stored.adler32)
+                and adler32_file(path) == stored.adler32)
 
     @staticmethod
     def _read(folder: Path) -> dict[str, dict]:
@@ -111,7 +96,5 @@ class LocalStore:
 
     @staticmethod
     def _write(folder: Path, scope: str, dataset: str, files: dict[str, dict]) -> None:
-        tmp = folder / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({"scope": scope, "dataset": dataset,
-                                   "files": dict(sorted(files.items()))}, indent=1))
-        os.replace(tmp, folder / MANIFEST_NAME)
+        write_json_atomic(folder / MANIFEST_NAME, {"scope": scope, "dataset": dataset,
+                                                   "files": dict(sorted(files.items()))})

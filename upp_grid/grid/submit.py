@@ -9,7 +9,6 @@ and logs). The local backend's outputs go to ``<base_dir>/local-store``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,12 +20,13 @@ import yaml
 import upp_grid
 from upp_grid.config import Config, load_config
 from upp_grid.errors import UppGridError
+from upp_grid.fsutil import write_json_atomic
 from upp_grid.grid import sandbox as sandboxes
 from upp_grid.grid.backend import BACKENDS, open_backend
 from upp_grid.grid.jobs import TaskSpec, plan_tasks
 from upp_grid.grid.names import resolve_user
 from upp_grid.grid.panda_client import dry_run_env, prun_task_params
-from upp_grid.grid.state import DEFAULT_NAME, StateDB, Submission, TaskRecord
+from upp_grid.grid.state import StateDB, Submission, TaskRecord, default_state_path
 from upp_grid.yamlload import to_plain
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,6 @@ class SubmitResult:
 
 def submission_dir(config: Config, tag: str) -> Path:
     return config.global_.base_dir / SUBMISSION_DIR / tag
-
-
-def default_state_path(config: Config) -> Path:
-    return config.global_.base_dir / DEFAULT_NAME
 
 
 def config_yaml(config: Config) -> str:
@@ -200,7 +196,7 @@ def dry_run(specs: Sequence[TaskSpec], user: str, out_dir: Path) -> list[DryRunT
         args = [*spec.prun_args, "--tmpDir", str(prun_dir)]
         params = prun_task_params(args, prun_dir, dry_run=True, env=dry_run_env(user))
         path = tasks_dir / f"{spec.container}.json"
-        _write_json(path, {
+        write_json_atomic(path, {
             "container": spec.container, "in_ds": spec.in_ds, "out_ds": spec.out_ds,
             "samples": list(spec.samples), "command": spec.command,
             "outputs": [{"file": o.file, "container": o.container} for o in spec.outputs],
@@ -208,9 +204,3 @@ def dry_run(specs: Sequence[TaskSpec], user: str, out_dir: Path) -> list[DryRunT
             "sandbox": str(out_dir / sandboxes.SANDBOX_NAME), "task_params": params})
         out.append(DryRunTask(spec, params, path))
     return out
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

@@ -1,8 +1,6 @@
 """Helpers shared by the download tests (this module holds no tests).
 
 * :func:`write_config`: the demo config with two flavours (few outputs, so few uploads).
-* :func:`upp_grid`: ``python -m upp_grid`` in a subprocess, as a user runs it; the ``cli``
-  fixture (in ``test_download.py``) runs the same entry point in-process, which is cheaper.
 * :func:`ledger`: the per-file download state of a tag, read straight from SQLite.
 * :func:`assert_same_training_files`: merged files, histograms, norm and class dicts equal.
 * :func:`rucio_client`: point this process's rucio client at the test server (module fixtures).
@@ -10,10 +8,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +23,6 @@ from upp_grid.config import load_config
 from upp_grid.demo import bundled_config_text
 from upp_grid.stages.catalogue import read_catalogue
 
-REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
 USER = "upptest"  # the rucio test server's account, and so the grid nickname
 FLAVOURS = ("bjets", "ujets")
@@ -53,14 +47,6 @@ def write_config(base_dir: Path, ntuple_dir: Path, samples: dict[str, str] | Non
     path = base_dir / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def upp_grid(*args: str | Path, env: dict[str, str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI from this checkout, as a user would."""
-    env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "upp_grid", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
 
 
 def ledger(config_path: Path, tag: str) -> dict[str, dict]:

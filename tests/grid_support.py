@@ -6,6 +6,7 @@
   in test_grid_payload.py packs the real ./env instead.
 * :func:`make_project`: mock ntuples in two grid-style containers plus the demo config.
 * :func:`run_cli`: ``python -m upp_grid`` in a subprocess, with the working tree first.
+* :func:`read_h5`: every dataset of an HDF5 file, to compare outputs.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+import numpy as np
 import yaml
 
 from upp_grid.demo import bundled_config_text
 from upp_grid.mock import make_mock
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TTBAR = "user.mock.601589.e8547_s3797_r13144_p6859.tdd.MockDump.25_2_56.mock_output.h5"
 ZPRIME = "user.mock.800030.e7954_s3797_r13144_p6859.tdd.MockDump.25_2_56.mock_output.h5"
+NICK = "testuser"  # the grid nickname of the submit tests
 # the developer's grid setup must not leak into the tests
 _SCRUBBED = ("PANDA", "X509", "OIDC", "RUCIO", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
              "NO_PROXY", "UPP_GRID", "PYTHONPATH", "CMAKE_PREFIX_PATH", "CMTCONFIG")
@@ -87,3 +91,9 @@ def run_cli(args: Sequence[str], env: dict[str, str], cwd: Path | None = None,
 
 def input_files(project: Project, container: str) -> list[Path]:
     return sorted((project.base / "ntuples" / container).glob("*.h5"))
+
+
+def read_h5(path: Path) -> dict[str, np.ndarray]:
+    """Every top-level dataset of an HDF5 file, by name."""
+    with h5py.File(path, "r") as f:
+        return {name: f[name][:] for name in f}
