@@ -38,6 +38,14 @@ requested split is complete, and the jets written per flavour (counted from the 
 ``flavour_label`` values) equal the catalogue's, are stale files of an earlier run removed, the
 staged files renamed into place, the virtual dataset (built from this plan's file list, never
 from a glob) and ``merge-record.json`` written.
+
+Output format
+-------------
+Train and val keep the configured variables (UPP's choice) plus ``flavour_label`` (jets) or
+``valid`` (other groups); test keeps every field of the split outputs. Float fields are float16
+with ``precision: half`` except ``full_precision_vars`` (float32); weights are float32. gzip
+is written at level 1 without byte-shuffle (see :func:`output_codec`). The train files also
+cache their unweighted norm statistics (``norm_stats``, see :mod:`upp_grid.stages.normalise`).
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -75,7 +83,20 @@ from upp_grid.h5io import (
 )
 from upp_grid.inputs import FLAVOUR_LABEL
 from upp_grid.stages.catalogue import Catalogue, read_catalogue
-from upp_grid.stages.weights import compute_weights, histograms_path, load_histograms
+from upp_grid.stages.normalise import (
+    STATS_ATTR,
+    NormSpec,
+    Stats,
+    group_stats,
+    norm_spec,
+    stats_attr,
+)
+from upp_grid.stages.weights import (
+    ReweightHists,
+    compute_weights,
+    histograms_path,
+    load_histograms,
+)
 from upp_grid.yamlload import to_plain
 
 log = logging.getLogger(__name__)
@@ -89,6 +110,8 @@ STAGING = ".staging"
 RECORD_NAME = "merge-record.json"
 GZIP_LEVEL = 1  # see output_codec
 Progress = Callable[[int], None]
+T = TypeVar("T", "RouteTask", "WriteTask")
+R = TypeVar("R")
 
 
 # --------------------------------------------------------------------------- the plan
@@ -224,7 +247,7 @@ def _wanted_fields(config: Config, split: str, group: str, names: Sequence[str])
 
 
 def _group_specs(config: Config, split: str, sources: Sequence[Source],
-                 hists: Mapping[str, Any]) -> tuple[GroupSpec, ...]:
+                 hists: Mapping[str, ReweightHists]) -> tuple[GroupSpec, ...]:
     if not sources:
         raise InputError(f"no {split} files in the catalogue")
     dtypes: dict[str, np.dtype] = {}
@@ -291,7 +314,7 @@ def assign(block_sizes: np.ndarray, capacities: np.ndarray, rng: np.random.Gener
     return counts
 
 
-def make_plan(config: Config, split: str, cat: Catalogue, hists: Mapping[str, Any],
+def make_plan(config: Config, split: str, cat: Catalogue, hists: Mapping[str, ReweightHists],
               hist_digest: str) -> MergePlan:
     """The plan of ``split``: sources, dtypes, blocks, buckets, and the random partition."""
     sources = _sources(config, cat, split)
@@ -341,7 +364,7 @@ def _stat(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def histogram_digest(hists: Mapping[str, Any]) -> str:
+def histogram_digest(hists: Mapping[str, ReweightHists]) -> str:
     """Content hash of the reweights' edges and weights (not of the file's bytes)."""
     h = hashlib.sha256()
     for name in sorted(hists):
@@ -417,7 +440,7 @@ def route(task: RouteTask) -> RouteResult:
     return RouteResult(task.num_jets, frozenset(overflow))
 
 
-def final_rows(g: GroupSpec, rows: np.ndarray, sel: np.ndarray, hists: Mapping[str, Any],
+def final_rows(g: GroupSpec, rows: np.ndarray, sel: np.ndarray, hists: Mapping[str, ReweightHists],
                overflow: set[str] | None = None) -> np.ndarray:
     """Rows ``sel`` of full-precision ``rows`` in the final dtype, with their weights.
 
@@ -516,6 +539,7 @@ class WriteTask:
     expected: Mapping[str, int]
     attrs: Mapping[str, Any]
     seed: tuple[int, ...]
+    norm: NormSpec | None  # train: cache the unweighted norm stats of the rows written
 
 
 @dataclass(frozen=True)
@@ -540,6 +564,8 @@ def write_tasks(plan: MergePlan, todo: Sequence[int], tasks: Sequence[RouteTask]
         base = np.concatenate([[0], np.cumsum(written[ids].sum(axis=1))[:-1]])
         offsets[ids] = base[:, None] + np.cumsum(written[ids], axis=1) - written[ids]
     prefixes = tuple(t.scratch for t in tasks)
+    norm = (norm_spec(config, {g.name: g.dtype for g in plan.groups}, None)
+            if plan.split == "train" else None)
     out = []
     for k in todo:
         buckets = []
@@ -552,7 +578,7 @@ def write_tasks(plan: MergePlan, todo: Sequence[int], tasks: Sequence[RouteTask]
                              config.jets_name, config.flavour_names, plan.file_counts[k],
                              {**attrs, "merge_plan_hash": plan.plan_hash,
                               "merge_file_index": k},
-                             (plan.seed, split_index(plan.split))))
+                             (plan.seed, split_index(plan.split)), norm))
     return out
 
 
@@ -576,19 +602,9 @@ def write_file(task: WriteTask) -> FileResult:
     """Pass 2: gather, shuffle and write one output file; check its flavour counts."""
     spec = {g.name: (g.dtype, g.shape) for g in task.groups}
     fds: dict[tuple[int, str], int] = {}
-    counts = np.zeros(len(task.flavour_names), dtype=np.int64)
     try:
         with AtomicH5Writer(task.path, spec, output_codec(task.compression)) as w:
-            for b in task.buckets:
-                pos = np.random.default_rng([*task.seed, 2, b.bucket]).permutation(b.size)
-                order = np.argsort(pos)  # output row pos[k] holds gathered row k
-                for g in task.groups:
-                    rows = gather(b, g, order, task.scratch, fds)
-                    if g.name == task.jets_name:
-                        counts += np.bincount(rows[FLAVOUR_LABEL],
-                                              minlength=len(counts))[:len(counts)]
-                    w.append(g.name, rows)
-            written = dict(zip(task.flavour_names, (int(c) for c in counts), strict=True))
+            written = _write_buckets(task, w, fds)
             if written != dict(task.expected):
                 raise BookkeepingError(f"{task.path}: wrote {written} jets per flavour, the "
                                        f"plan has {dict(task.expected)}")
@@ -598,6 +614,27 @@ def write_file(task: WriteTask) -> FileResult:
         for fd in fds.values():
             os.close(fd)
     return FileResult(task.split, task.index, task.path, n, written)
+
+
+def _write_buckets(task: WriteTask, w: AtomicH5Writer, fds: dict[tuple[int, str], int]
+                   ) -> dict[str, int]:
+    """Append every bucket, shuffled; returns the jets written per flavour (counted from the
+    rows) and, for train, caches the norm statistics of the rows in the file's attributes."""
+    counts = np.zeros(len(task.flavour_names), dtype=np.int64)
+    stats = Stats(jets=task.size)
+    for b in task.buckets:
+        pos = np.random.default_rng([*task.seed, 2, b.bucket]).permutation(b.size)
+        order = np.argsort(pos)  # output row pos[k] holds gathered row k
+        for g in task.groups:
+            rows = gather(b, g, order, task.scratch, fds)
+            if g.name == task.jets_name:
+                counts += np.bincount(rows[FLAVOUR_LABEL], minlength=len(counts))[:len(counts)]
+            if task.norm is not None:
+                stats.add(group_stats(task.norm, g.name, rows))
+            w.append(g.name, rows)
+    if task.norm is not None:
+        w.file.attrs[STATS_ATTR] = stats_attr(task.norm, stats)
+    return dict(zip(task.flavour_names, (int(c) for c in counts), strict=True))
 
 
 def gather(b: BucketSlices, g: GroupSpec, order: np.ndarray, prefixes: Sequence[Path],
@@ -726,7 +763,8 @@ def check_bookkeeping(plan: MergePlan, cat: Catalogue, counts: Sequence[Mapping[
 def publish(paths: SplitPaths, plan: MergePlan, attrs: Mapping[str, Any],
             jets_name: str, flavour_names: Sequence[str]) -> tuple[OutputFile, ...]:
     """Replace the split's published files by this plan's, then write the VDS and record."""
-    paths.record.unlink(missing_ok=True)
+    paths.record.unlink(missing_ok=True)  # first: a crash from here on leaves no claim
+    paths.vds.unlink(missing_ok=True)
     keep = {paths.name(k) for k in range(len(plan.file_sizes))}
     pattern = re.compile(rf"pp_output_{plan.split}_\d+\.h5$")
     for old in paths.split_dir.glob(f"pp_output_{plan.split}_*.h5"):
@@ -791,7 +829,7 @@ def file_attrs(config: Config, cat: Catalogue, split: str, weighted: bool) -> di
             "precision": config.global_.precision, "compression": config.global_.compression}
 
 
-def load_reweights(config: Config) -> dict[str, Any]:
+def load_reweights(config: Config) -> dict[str, ReweightHists]:
     """The histograms of every configured reweight, checked against the config."""
     if not config.reweighting or not config.reweighting.reweights:
         return {}
@@ -896,7 +934,7 @@ def _warn_overflow(config: Config, fields: set[str]) -> None:
                     "add it to global.full_precision_vars to keep it)", name)
 
 
-def _prepare(config: Config, cat: Catalogue, split: str, hists: Mapping[str, Any],
+def _prepare(config: Config, cat: Catalogue, split: str, hists: Mapping[str, ReweightHists],
              digest: str) -> _SplitJob | None:
     plan = make_plan(config, split, cat, hists, digest)
     paths = SplitPaths(config.global_.out_dir, split)
@@ -947,10 +985,10 @@ def _finish(config: Config, cat: Catalogue, jobs: Sequence[_SplitJob],
     return out
 
 
-def _run(fn: Callable[[Any], Any], tasks: Sequence[Any], nproc: int,
-         on_done: Callable[[Any], None]) -> list[Any]:
+def _run(fn: Callable[[T], R], tasks: Sequence[T], nproc: int,
+         on_done: Callable[[R], None]) -> list[R]:
     """Run ``fn`` over ``tasks`` in ``nproc`` processes (inline for one); results unordered."""
-    results = []
+    results: list[R] = []
     if nproc <= 1 or len(tasks) <= 1:
         for t in tasks:
             results.append(fn(t))
@@ -964,7 +1002,7 @@ def _run(fn: Callable[[Any], Any], tasks: Sequence[Any], nproc: int,
     return results
 
 
-def _task_size(task: Any) -> int:
+def _task_size(task: RouteTask | WriteTask) -> int:
     """Bytes a task writes (to schedule the largest first)."""
     if isinstance(task, RouteTask):
         return task.num_jets * sum(g.in_bytes for g in task.groups)

@@ -13,6 +13,11 @@ group (identifiers such as ``eventNumber`` excluded, as UPP), the weight of each
 in increasing value order, is ``total / count``, divided by the smallest and rounded to two
 decimals.
 
+Merge computes the unweighted statistics of every train file from the rows it writes (bucket by
+bucket, same arithmetic) and caches them in the file's ``norm_stats`` attribute with the
+variable lists they cover; the stage then only combines them. Without a matching cache (or with
+``use_cache=False``) the file is read.
+
 With ``weighted``, every entry counts with its jet's reweighting weight (a jets reweight, by
 default the first configured; tracks take their jet's weight): means, deviations and class
 counts are weighted sums. Both files say which weight was used, and how many jets, in a header.
@@ -20,6 +25,7 @@ counts are weighted sums. Both files say which weight was used, and how many jet
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -28,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import yaml
 
@@ -36,12 +43,12 @@ from upp_grid.config import Config
 from upp_grid.errors import UppGridError
 from upp_grid.h5io import JETS_CHUNK, batch_ranges, dataset, open_input, read_rows
 from upp_grid.inputs import FLAVOUR_LABEL
-from upp_grid.stages.merge import merged_files
 
 log = logging.getLogger(__name__)
 
 NORM_NAME = "norm_dict.yaml"
 CLASS_NAME = "class_dict.yaml"
+STATS_ATTR = "norm_stats"  # merged train files cache their unweighted stats here
 BATCH_BYTES = 48 * 2**20  # rows read per batch
 DENSE_SPAN = 4096  # label values spanning more than this are counted via np.unique
 CLASS_IGNORE = ("VertexIndex", "ftagTruthParentBarcode", "barcode", "eventNumber", "jetFoldHash")
@@ -108,6 +115,7 @@ class Stats:
     classes: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
     jets: int = 0
     entries: dict[str, int] = field(default_factory=dict)
+    cached_files: int = 0  # files whose statistics came from merge's cache
 
     def add(self, other: Stats) -> None:
         for g, per_var in other.moments.items():
@@ -121,53 +129,130 @@ class Stats:
                 for label, n in counts.items():
                     target[label] = target.get(label, 0.0) + n
         self.jets += other.jets
+        self.cached_files += other.cached_files
         for g, n in other.entries.items():
             self.entries[g] = self.entries.get(g, 0) + n
 
 
+    def to_json(self) -> str:
+        """Exact JSON form (floats round-trip), for the cache in merged file attributes."""
+        return json.dumps({
+            "jets": self.jets, "entries": self.entries,
+            "moments": {g: {v: [m.weight, m.mean, m.m2, m.entries] for v, m in per.items()}
+                        for g, per in self.moments.items()},
+            "classes": {g: {v: {str(k): n for k, n in c.items()} for v, c in per.items()}
+                        for g, per in self.classes.items()}})
+
+    @staticmethod
+    def from_json(text: str) -> Stats:
+        data = json.loads(text)
+        return Stats(
+            {g: {v: Moments(*m) for v, m in per.items()} for g, per in data["moments"].items()},
+            {g: {v: {int(k): n for k, n in c.items()} for v, c in per.items()}
+             for g, per in data["classes"].items()},
+            int(data["jets"]), {g: int(n) for g, n in data["entries"].items()})
+
+
 # --------------------------------------------------------------------------- one file
+@dataclass(frozen=True)
+class NormSpec:
+    """What norm accumulates: per group, the variables to normalise and the class variables,
+    and the jets weight field (None: unweighted)."""
+
+    jets_name: str
+    inputs: Mapping[str, tuple[str, ...]]
+    labels: Mapping[str, tuple[str, ...]]
+    weight: str | None
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.jets_name, dict(self.inputs), dict(self.labels), self.weight],
+                          sort_keys=True)
+
+
+def norm_spec(config: Config, dtypes: Mapping[str, np.dtype], weight: str | None) -> NormSpec:
+    """The spec for ``config``'s variables, given the merged files' dtypes per group."""
+    inputs = {g: tuple(v for v in config.variables[g].inputs if v != "valid")
+              for g in config.variables}
+    labels = {g: class_variables(config, g, dtypes[g]) for g in config.variables}
+    return NormSpec(config.jets_name, inputs, labels, weight)
+
+
 @dataclass(frozen=True)
 class NormTask:
     """What to accumulate from one train file."""
 
     path: Path
-    jets_name: str
-    inputs: Mapping[str, tuple[str, ...]]  # group -> variables to normalise
-    labels: Mapping[str, tuple[str, ...]]  # group -> class variables
-    weight: str | None  # jets weight field, or None for unweighted
+    spec: NormSpec
+    use_cache: bool = True
 
 
 def file_stats(task: NormTask) -> Stats:
-    """Stats of one file, batch by batch (Chan-combined)."""
-    stats = Stats()
+    """Stats of one file: from its cache attribute (written by merge from the rows it wrote,
+    for the same spec) or batch by batch from its data (Chan-combined)."""
     with open_input(task.path) as f:
-        dsets = {g: dataset(f, g) for g in task.inputs}
-        num = dsets[task.jets_name].shape[0]
+        cached = cached_stats(f, task.spec) if task.use_cache else None
+        if cached is not None:
+            cached.cached_files = 1
+            return cached
+        stats = Stats()
+        dsets = {g: dataset(f, g) for g in task.spec.inputs}
+        num = dsets[task.spec.jets_name].shape[0]
         row_bytes = sum(ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
                         for ds in dsets.values())
         rows = max(JETS_CHUNK, BATCH_BYTES // max(row_bytes, 1) // JETS_CHUNK * JETS_CHUNK)
         for start, stop in batch_ranges(num, rows, JETS_CHUNK):
             batch = {g: read_rows(ds, start, stop) for g, ds in dsets.items()}
-            stats.add(batch_stats(task, batch))
+            stats.add(batch_stats(task.spec, batch))
     return stats
 
 
-def batch_stats(task: NormTask, batch: Mapping[str, np.ndarray]) -> Stats:
+def cached_stats(f: h5py.File, spec: NormSpec) -> Stats | None:
+    """The stats merge stored in ``f`` for ``spec``, if any."""
+    try:
+        data = json.loads(f.attrs[STATS_ATTR])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return Stats.from_json(data["stats"]) if data.get("spec") == spec.key else None
+
+
+def stats_attr(spec: NormSpec, stats: Stats) -> str:
+    """The value of the :data:`STATS_ATTR` attribute caching ``stats``."""
+    return json.dumps({"spec": spec.key, "stats": stats.to_json()})
+
+
+def batch_stats(spec: NormSpec, batch: Mapping[str, np.ndarray]) -> Stats:
     """Stats of one batch: valid entries of track-like groups, weighted if asked."""
-    jets = batch[task.jets_name]
-    jet_w = None if task.weight is None else jets[task.weight].astype(np.float64)
+    jets = batch[spec.jets_name]
+    jet_w = None if spec.weight is None else jets[spec.weight].astype(np.float64)
     stats = Stats(jets=len(jets))
     for g, arr in batch.items():
-        w = jet_w
-        if arr.ndim > 1:
-            valid = arr["valid"]
-            if w is not None:
-                w = np.broadcast_to(w[:, None], valid.shape)[valid]
-            arr = arr[valid]
-        stats.entries[g] = len(arr)
-        stats.moments[g] = {v: Moments.of(arr[v], w) for v in task.inputs[g]}
-        stats.classes[g] = {v: class_counts(arr[v], w) for v in task.labels[g]}
+        stats.add(group_stats(spec, g, arr, jet_w))
     return stats
+
+
+def group_stats(spec: NormSpec, group: str, arr: np.ndarray,
+                jet_w: np.ndarray | None = None) -> Stats:
+    """Stats of one group's rows (``jets`` is not counted: see :func:`batch_stats`)."""
+    w = jet_w
+    if arr.ndim > 1:
+        valid = np.flatnonzero(arr["valid"].ravel())
+        if w is not None:
+            w = np.repeat(w, arr.shape[1])[valid]
+        arr = valid_entries(arr, valid)
+    return Stats({group: {v: Moments.of(arr[v], w) for v in spec.inputs[group]}},
+                 {group: {v: class_counts(arr[v], w) for v in spec.labels[group]}},
+                 0, {group: len(arr)})
+
+
+def valid_entries(arr: np.ndarray, flat_index: np.ndarray) -> np.ndarray:
+    """Entries ``flat_index`` of a C-contiguous 2-D structured array, as a 1-D array.
+
+    Moves whole entries as raw bytes: about twice as fast as boolean indexing of the
+    structured array.
+    """
+    raw = arr.reshape(-1).view(np.uint8).reshape(arr.size, arr.dtype.itemsize)
+    return raw[flat_index].view(arr.dtype).reshape(-1)
 
 
 def class_counts(values: np.ndarray, w: np.ndarray | None) -> dict[int, float]:
@@ -231,18 +316,20 @@ def class_variables(config: Config, group: str, dtype: np.dtype) -> tuple[str, .
     return tuple(out)
 
 
-def make_tasks(config: Config, files: Sequence[Path], weight: str | None) -> list[NormTask]:
+def make_tasks(config: Config, files: Sequence[Path], weight: str | None,
+               use_cache: bool = True) -> list[NormTask]:
     with open_input(files[0]) as f:
         dtypes = {g: dataset(f, g).dtype for g in config.variables}
-    inputs = {g: tuple(v for v in config.variables[g].inputs if v != "valid")
-              for g in config.variables}
-    labels = {g: class_variables(config, g, dtypes[g]) for g in config.variables}
-    return [NormTask(Path(p), config.jets_name, inputs, labels, weight) for p in files]
+    spec = norm_spec(config, dtypes, weight)
+    return [NormTask(Path(p), spec, use_cache) for p in files]
 
 
 def norm_stage(config: Config, weighted: bool = False, weight: str | None = None,
-               progress: Progress | None = None) -> NormResult:
+               progress: Progress | None = None, use_cache: bool = True) -> NormResult:
     """Compute and write ``norm_dict.yaml`` and ``class_dict.yaml`` from the train files.
+
+    Unweighted statistics cached by merge in each train file are used unless ``use_cache`` is
+    False (then, and for ``weighted``, every file is read).
 
     Raises
     ------
@@ -250,22 +337,25 @@ def norm_stage(config: Config, weighted: bool = False, weight: str | None = None
         No completed train merge, an unknown weight, or a variable whose mean or standard
         deviation is not finite or whose standard deviation is 0 (Salt would divide by it).
     """
+    from upp_grid.stages.merge import merged_files  # merge imports this module
+
     outputs = merged_files(config, "train")
     files = tuple(o.path for o in outputs)
     wname = jets_weight(config, weight) if weighted else None
-    tasks = make_tasks(config, files, wname)
+    tasks = make_tasks(config, files, wname, use_cache)
     total = Stats()
     for stats in _run(tasks, _nproc(config), progress):
         total.add(stats)
-    norm = norm_dict(total, tasks[0].inputs)
+    norm = norm_dict(total, tasks[0].spec.inputs)
     classes = class_dict(total, config)
     norm_path, class_path = norm_paths(config)
     header = _header(total, files, wname)
     _write_yaml(norm_path, header, norm)
     _write_yaml(class_path, header, classes)
-    log.info("norm: %d train jets from %d files (%s), %s; %s", total.jets, len(files),
+    log.info("norm: %d train jets from %d files (%s), %s, %d files' statistics cached by "
+             "merge; %s", total.jets, len(files),
              ", ".join(f"{g}: {n} entries" for g, n in total.entries.items()),
-             f"weighted by {wname}" if wname else "unweighted", norm_path)
+             f"weighted by {wname}" if wname else "unweighted", total.cached_files, norm_path)
     return NormResult(norm_path, class_path, norm, classes, total.jets, dict(total.entries),
                       files, wname)
 
