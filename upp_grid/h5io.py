@@ -126,8 +126,14 @@ def aligned_batch_size(datasets: list[h5py.Dataset], batch_size: int,
     for ds in datasets:
         if ds.chunks:
             align = math.lcm(align, ds.chunks[0])
-    row_bytes = max(ds.dtype.itemsize * math.prod(ds.shape[1:]) for ds in datasets)
+    sizes = [ds.dtype.itemsize * math.prod(ds.shape[1:]) for ds in datasets]
+    row_bytes = max(sizes)
     rows = min(batch_size, max(1, max_bytes // max(row_bytes, 1)))
+    if align > rows:
+        # chunk lengths with a huge common multiple: align on the biggest dataset only, which
+        # dominates the read cost, so memory stays bounded by max_bytes
+        biggest = datasets[sizes.index(row_bytes)]
+        align = biggest.chunks[0] if biggest.chunks else 1
     return max(align, rows // align * align), align
 
 

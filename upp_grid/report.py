@@ -203,6 +203,7 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
         times.add_row(t.stage, f"{t.seconds:.1f}")
     times.add_row("[bold]total", f"{summary.seconds:.1f}")
     con.print(times)
-    con.print(f"split: {summary.split_skipped} inputs already split by an earlier run")
+    if any(t.stage == "split" for t in summary.timings) and summary.split_skipped:
+        con.print(f"split: {summary.split_skipped} inputs already split by an earlier run")
     con.print(f"histograms {summary.histograms}\nnorm {summary.norm.norm_path} "
               f"({summary.norm.num_jets:,} train jets)\nclasses {summary.norm.class_path}")

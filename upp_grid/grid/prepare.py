@@ -37,40 +37,17 @@ def prepare(config: Config, prepare_only: bool = False, plots: bool = True,
 
     The same stage functions as ``upp-grid run`` after its split.
     """
-    from upp_grid.stages.merge import merge_stage, merge_work
-    from upp_grid.stages.normalise import norm_stage
-    from upp_grid.stages.run import RunSummary, StageTime
-    from upp_grid.stages.weights import planned_jets, weights_stage
+    from upp_grid.stages.run import StageTime, after_split
 
-    bar = progress or _no_progress
-    timings: list[StageTime] = []
     start = time.perf_counter()
     cat = write_catalogue(config)
-    timings.append(StageTime("catalogue", time.perf_counter() - start))
+    catalogue_time = StageTime("catalogue", time.perf_counter() - start)
     log.info("catalogue %s: %s", catalogue_path(config),
              ", ".join(f"{s} {cat.total(s)} jets" for s in SPLITS))
     if prepare_only:
         return Prepared(cat)
-    start = time.perf_counter()
-    with bar(planned_jets(config), "weights") as advance:
-        weights = weights_stage(config, plots=plots, progress=advance)
-    timings.append(StageTime("weights", time.perf_counter() - start))
-    start = time.perf_counter()
-    with bar(merge_work(config, SPLITS), "merge (read + write)") as advance:
-        merged = merge_stage(config, SPLITS, progress=advance)
-    timings.append(StageTime("merge", time.perf_counter() - start))
-    start = time.perf_counter()
-    with bar(cat.total("train"), "norm") as advance:
-        norm = norm_stage(config, progress=advance)
-    timings.append(StageTime("norm", time.perf_counter() - start))
-    by_split = {r.split: r for r in merged.results}
-    summary = RunSummary(
-        jets_in={s: dict(cat.num_jets[s]) for s in SPLITS},
-        jets_out={s: dict(by_split[s].jets_out) for s in SPLITS},
-        files={s: tuple(f.path for f in by_split[s].files) for s in SPLITS},
-        vds={s: by_split[s].vds for s in SPLITS},
-        norm=norm, histograms=weights.histograms, timings=tuple(timings), split_skipped=0,
-        merge_reused={s: by_split[s].reused for s in SPLITS})
+    bar = progress or _no_progress
+    summary = after_split(config, cat, plots=plots, bar=bar, timings=(catalogue_time,))
     return Prepared(cat, summary)
 
 

@@ -97,7 +97,6 @@ from upp_grid.stages.weights import (
     histograms_path,
     load_histograms,
 )
-from upp_grid.yamlload import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -814,9 +813,8 @@ def merged_files(config: Config, split: str) -> tuple[OutputFile, ...]:
 
 # --------------------------------------------------------------------------- the stage
 def config_json(config: Config) -> str:
-    """The resolved config as JSON. (``Config.resolved_json`` currently serialises the
-    read-only ``raw`` mapping as its repr string, so it is converted to a dict first.)"""
-    return json.dumps(to_plain(dict(config.raw)), default=str)
+    """The resolved config (includes inlined) as JSON, for the ``config`` attribute."""
+    return config.resolved_json()
 
 
 def file_attrs(config: Config, cat: Catalogue, split: str, weighted: bool) -> dict[str, Any]:
