@@ -2,10 +2,10 @@
 
     env/bin/python bench/bench_split.py [--workdir /tmp/upp-grid-bench] [--jets 1000000]
                                         [--files 3] [--workers N] [--repeat 3] [--codecs]
-                                        [--smoke]
+                                        [--smoke] [--summary FILE]
 
 Mock ntuples (40 tracks per jet) are made once and cached under ``--workdir`` (the same
-``ntuples-<jets>`` directory the weights bench uses for 3 files). Then, in the same run:
+``ntuples-<jets>`` directory the other benches use for 3 files). Then, in the same run:
 
 1. **raw read**: every dataset of every input read fully with h5py (``read_direct``, in slabs
    of up to 512 MiB into one buffer), file by file, after one warm-up read so that both
@@ -14,11 +14,12 @@ Mock ntuples (40 tracks per jet) are made once and cached under ``--workdir`` (t
    workers), wall time from start to exit (interpreter start-up and imports included);
 3. optionally (``--codecs``) the split once per intermediate codec, with the output size.
 
-Peak RSS is reported two ways: the largest single process (``getrusage(RUSAGE_CHILDREN)``,
-the usual "max RSS"), and the whole split process tree's memory (sum of PSS, so pages shared
-after fork count once) sampled from /proc every 0.25 s (reading smaps more often slows the
-split down measurably; its buffers are allocated up front, so the plateau is what is seen).
-Each timing is the best of ``--repeat`` runs (the 2 cores may be shared with other work).
+Peak RSS is reported two ways: the largest single process (the split or one of its workers,
+from ``os.wait4``: see bench/common.py), and the whole split process tree's memory (sum of PSS,
+so pages shared after fork count once) sampled from /proc every 0.25 s (reading smaps more
+often slows the split down measurably; its buffers are allocated up front, so the plateau is
+what is seen). Each timing is the best of ``--repeat`` runs (the 2 cores may be shared with
+other work).
 
 Targets (DESIGN.md §8, 1M jets, 3 files, 2 cores): split within 2.5x of the raw read, at least
 5x faster than UPP 0.3.3's 18.7 s, peak RSS at most 400 MiB and flat from 1M to 10M jets.
@@ -28,88 +29,47 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
+from common import (
+    UPP_JETS,
+    apply_smoke,
+    bench_parser,
+    bench_workdir,
+    best_of,
+    ensure_ntuples,
+    h5_files,
+    ok,
+    project_config,
+    run_measured,
+    table,
+    write_summary,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from upp_grid.h5io import INTERMEDIATE_CODEC, INTERMEDIATE_CODECS  # noqa: E402
-from upp_grid.mock import make_mock  # noqa: E402
+from upp_grid.h5io import INTERMEDIATE_CODEC, INTERMEDIATE_CODECS
 
 UPP_SPLIT_S = 18.7  # UPP 0.3.3 on UPP_JETS mock jets in 3 files
-UPP_JETS = 1_000_000
 UPP_SPLIT_RSS_MIB = 871
 TARGET_RATIO = 2.5
 TARGET_SPEEDUP = 5.0
 TARGET_RSS_MIB = 400
 MIB = 2**20
-PSS_INTERVAL_S = 0.25
-LAUNCHER = ("import resource, subprocess, sys; "
-            "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
-            "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
-            "print(code, r.ru_maxrss, r.ru_utime + r.ru_stime)")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One split run: wall and CPU seconds, largest process and process-tree peak (MiB)."""
+    """The best of some split runs: wall and CPU seconds, largest process and process-tree
+    peak (MiB)."""
 
     wall_s: float
     cpu_s: float
     max_rss_mib: float
     tree_rss_mib: float
-    returncode: int
-    stderr: str
-
-
-def inputs(ntuples: Path) -> list[Path]:
-    return sorted(p for p in ntuples.rglob("*.h5") if p.is_file())
-
-
-def count_jets(files: list[Path]) -> int:
-    total = 0
-    for path in files:
-        with h5py.File(path, "r") as f:
-            total += len(f["jets"])
-    return total
-
-
-def ensure_ntuples(workdir: Path, num_jets: int, num_files: int) -> Path:
-    """Mock ntuples with ``num_jets`` jets in ``num_files`` files, made once and reused."""
-    name = f"ntuples-{num_jets}" if num_files == 3 else f"ntuples-{num_jets}x{num_files}"
-    ntuples = workdir / name
-    files = inputs(ntuples) if ntuples.is_dir() else []
-    if len(files) == num_files and count_jets(files) == num_jets:
-        return ntuples
-    shutil.rmtree(ntuples, ignore_errors=True)
-    print(f"making {num_jets:,} mock jets in {num_files} files under {ntuples}", flush=True)
-    start = time.perf_counter()
-    make_mock(ntuples, num_jets=num_jets, num_files=num_files, seed=42)
-    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
-    return ntuples
-
-
-def write_config(base_dir: Path, ntuples: Path) -> Path:
-    """configs/demo.yaml (two samples, two regions, four flavours) on the bench inputs."""
-    data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    data["global"]["base_dir"] = str(base_dir)
-    data["global"]["ntuple_dir"] = str(ntuples)
-    base_dir.mkdir(parents=True, exist_ok=True)
-    path = base_dir / "bench-split.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def raw_read(files: list[Path], slab_bytes: int = 512 * MIB) -> int:
@@ -137,49 +97,20 @@ def raw_read(files: list[Path], slab_bytes: int = 512 * MIB) -> int:
 
 def best_raw_read(files: list[Path], repeat: int) -> tuple[float, int]:
     nbytes = raw_read(files)  # warm-up: inputs into the page cache
-    best = float("inf")
-    for _ in range(repeat):
+
+    def timed() -> float:
         start = time.perf_counter()
         raw_read(files)
-        best = min(best, time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    best, _ = best_of(repeat, timed, key=float)
     return best, nbytes
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        tasks = Path(f"/proc/{pid}/task")
-        out = []
-        for task in tasks.iterdir():
-            text = (task / "children").read_text().split()
-            out += [int(c) for c in text]
-        return out
-    except OSError:
-        return []
-
-
-def _pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_pss_mib(pid: int) -> float:
-    """Memory of ``pid`` and all its descendants, MiB: the sum of their proportional set sizes
-    (pages shared after fork counted once), 0 where /proc is unavailable."""
-    todo, total = [pid], 0
-    while todo:
-        p = todo.pop()
-        total += _pss_kib(p)
-        todo += _children(p)
-    return total / 1024
-
-
-def run_split(config: Path, workers: int | None, codec: str | None = None) -> Run:
-    """``upp-grid split -c CONFIG --overwrite`` in a subprocess, timed, with peak RSS."""
+def best_split(config: Path, workers: int | None, repeat: int, codec: str | None = None
+               ) -> Run:
+    """``upp-grid split -c CONFIG --overwrite`` in a subprocess, best of ``repeat``; exits the
+    bench if a split fails."""
     args = ["split", "-c", str(config), "--overwrite"]
     if workers:
         args += ["--workers", str(workers)]
@@ -189,88 +120,43 @@ def run_split(config: Path, workers: int | None, codec: str | None = None) -> Ru
         code = ("import sys, upp_grid.h5io as h; h.INTERMEDIATE_CODEC = sys.argv[1]; "
                 "from upp_grid.cli import main; main(sys.argv[2:])")
         cmd = [sys.executable, "-c", code, codec, *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    peak = [0.0]
-    start = time.perf_counter()
-    # A small launcher runs the split and reports getrusage(RUSAGE_CHILDREN) for it alone: this
-    # (large) process's own max RSS must not leak into the child's through fork.
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *cmd], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], tree_pss_mib(proc.pid))
-            done.wait(PSS_INTERVAL_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    code, max_rss_kib, cpu = stdout.split()
-    return Run(wall, float(cpu), int(max_rss_kib) / 1024, peak[0], int(code), stderr)
-
-
-def best_split(config: Path, workers: int | None, repeat: int, codec: str | None = None
-               ) -> Run:
-    runs = []
-    for _ in range(repeat):
-        run = run_split(config, workers, codec)
-        if run.returncode != 0:
-            sys.exit(f"split failed (exit {run.returncode}):\n{run.stderr}")
-        runs.append(run)
-    best = min(runs, key=lambda r: r.wall_s)
+    best, runs = best_of(repeat, lambda: run_measured(cmd, sample_pss=True).check("split"),
+                         key=lambda r: r.wall_s)
     return Run(best.wall_s, min(r.cpu_s for r in runs), max(r.max_rss_mib for r in runs),
-               max(r.tree_rss_mib for r in runs), 0, "")
+               max(r.tree_pss_mib for r in runs))
 
 
 def startup_s(repeat: int) -> float:
     """Interpreter start-up plus the imports every split pays before reading anything."""
     code = "import upp_grid.cli, upp_grid.config, upp_grid.stages.split_local"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
-        best = min(best, time.perf_counter() - start)
-    return best
+    best, _ = best_of(repeat, lambda: run_measured([sys.executable, "-c", code]).check(),
+                      key=lambda r: r.wall_s)
+    return best.wall_s
 
 
 def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*.h5") if p.is_file())
+    return sum(p.stat().st_size for p in h5_files(path))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/upp-grid-bench"))
-    parser.add_argument("--jets", type=int, default=1_000_000)
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__)
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None,
                         help="split --workers (default: the CLI's, min(files, cores))")
-    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--codecs", action="store_true",
                         help=f"also time the split with each codec of {INTERMEDIATE_CODECS}")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny input in a temporary directory, one repeat (for CI)")
     args = parser.parse_args(argv)
-    tmp = None
-    if args.smoke:
-        tmp = tempfile.TemporaryDirectory(prefix="upp-grid-bench-smoke-")
-        args.workdir, args.jets, args.repeat = Path(tmp.name), 30_000, 1
-    try:
-        report(args)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    apply_smoke(args)
+    with bench_workdir(args) as work:
+        report(args, work)
+    return 0
 
 
-def report(args: argparse.Namespace) -> None:
-    ntuples = ensure_ntuples(args.workdir, args.jets, args.files)
-    files = inputs(ntuples)
-    base = args.workdir / f"split-{args.jets}x{args.files}"
-    config = write_config(base, ntuples)
+def report(args: argparse.Namespace, work: Path) -> None:
+    ntuples = ensure_ntuples(work, args.jets, args.files)
+    files = h5_files(ntuples)
+    base = work / f"split-{args.jets}x{args.files}"
+    config = project_config(base, ntuples)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     raw_s, nbytes = best_raw_read(files, args.repeat)
@@ -279,9 +165,6 @@ def report(args: argparse.Namespace) -> None:
     out_bytes = dir_bytes(base / "split-components")
     ratio = run.wall_s / raw_s
     speedup = UPP_SPLIT_S / run.wall_s
-
-    def ok(good: bool) -> str:
-        return "yes" if good else "NO"
 
     print(f"\nsplit benchmark: {args.jets:,} jets in {args.files} files, 40 tracks/jet, "
           f"{nbytes / 1e9:.2f} GB; {cores} cores; workers "
@@ -302,9 +185,11 @@ def report(args: argparse.Namespace) -> None:
          f"(UPP {UPP_SPLIT_RSS_MIB})", ""),
         ("split outputs on disk", f"{out_bytes / 1e9:.2f} GB", "", ""),
     ]
-    print(_table(("measure", "value", "target", "met"), rows))
+    print(table(("measure", "value", "target", "met"), rows))
     if args.smoke:
         print("(smoke run: the input is too small for the targets to mean anything)")
+    write_summary(args, f"split {run.wall_s:.2f} s = {ratio:.1f}x raw read, "
+                        f"peak RSS {run.max_rss_mib:.0f} MiB")
 
     if args.codecs:
         codec_rows = []
@@ -314,18 +199,10 @@ def report(args: argparse.Namespace) -> None:
             codec_rows.append((codec, f"{c_run.wall_s:.2f} s", f"{c_run.wall_s / raw_s:.2f}",
                                f"{size / 1e9:.2f} GB", f"{nbytes / max(size, 1):.1f}"))
         print("\nintermediate codec (outputs of the same split):")
-        print(_table(("codec", "split wall", "/ raw read", "on disk", "input/output bytes"),
-                     codec_rows))
+        print(table(("codec", "split wall", "/ raw read", "on disk", "input/output bytes"),
+                    codec_rows))
         best_split(config, args.workers, 1)  # leave the default codec's outputs behind
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "+".join("-" * (w + 2) for w in widths)
-    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
-    out += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

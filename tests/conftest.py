@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +16,9 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from tests.servers.rucio_server import RucioTestServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.fakes.panda_server import FakePanda
 
 # --------------------------------------------------------------------------------------------
 # rucio: a real local rucio server (see tests/servers/rucio_server.py,
@@ -88,3 +93,20 @@ def split_ntuples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("split-ntuples")
     make_mock(out, num_jets=24_000, num_files=3, seed=7)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# PanDA: the fake PanDA server of tests/fakes/panda_server.py
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakePanda]:
+    """A started fake PanDA server; the test fails if a hook or the server itself erred."""
+    from tests.fakes.panda_server import FakePanda
+
+    with FakePanda(tmp_path / "panda-cache") as server:
+        yield server
+        server.wait_for_hooks()
+        assert server.hook_errors == []
+        assert server.server_errors == []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def aligned_batch_size(datasets: list[h5py.Dataset], batch_size: int,
     sizes = [ds.dtype.itemsize * math.prod(ds.shape[1:]) for ds in datasets]
     row_bytes = max(sizes)
     rows = min(batch_size, max(1, max_bytes // max(row_bytes, 1)))
-    if align > rows:
+    if align * row_bytes > max_bytes:
         # chunk lengths with a huge common multiple: align on the biggest dataset only, which
         # dominates the read cost, so memory stays bounded by max_bytes
         biggest = datasets[sizes.index(row_bytes)]
@@ -348,9 +349,20 @@ def final_dtype(dtype: np.dtype, precision: str, full_precision_vars: tuple[str,
     for name in dtype.names:
         sub = dtype.fields[name][0]
         if sub.kind == "f" and precision == "half":
-            sub = np.dtype("f4") if name in keep else np.dtype("f2")
+            full = name in keep or is_mev_scale(name)
+            sub = np.dtype("f4") if full else np.dtype("f2")
         fields.append((name, sub))
     return np.dtype(fields)
+
+
+_MEV_SCALE = re.compile(r"(^|_)(pt|energy|mass|et)([A-Z_]|$)|(Pt|Energy|Mass|Et)([A-Z_]|$)")
+
+
+def is_mev_scale(name: str) -> bool:
+    """Whether a field looks like a momentum, energy or mass in MeV (``pt``, ``pt_btagJes``,
+    ``HadronConeExclTruthLabelPt``, ``ptFromTruthJet``, ``energy``, ``mass``): such values
+    overflow float16 (max 65504) above 65 GeV, so half precision keeps them in float32."""
+    return bool(_MEV_SCALE.search(name))
 
 
 def write_virtual_file(path: Path, sources: list[tuple[Path, int]],

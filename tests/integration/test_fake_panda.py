@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +171,6 @@ def wait_for_status(task_id, wanted):
         time.sleep(0.02)
     return task_status
 """
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakePanda]:
-    with FakePanda(tmp_path / "panda-cache") as server:
-        yield server
-        server.wait_for_hooks()
-        assert server.hook_errors == []
-        assert server.server_errors == []
 
 
 @pytest.fixture

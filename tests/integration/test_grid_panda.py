@@ -40,15 +40,6 @@ SAMPLE = {TTBAR: "ttbar", ZPRIME: "zprime"}
 
 
 @pytest.fixture
-def fake(tmp_path: Path):
-    with FakePanda(tmp_path / "panda-cache") as server:
-        yield server
-        server.wait_for_hooks()
-        assert server.hook_errors == []
-        assert server.server_errors == []
-
-
-@pytest.fixture
 def project(tmp_path: Path) -> Project:
     return make_project(tmp_path / "work")
 

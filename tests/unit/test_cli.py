@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_support import REPO, run_main, run_process
 from upp_grid import __version__
-from upp_grid.cli import main
 from upp_grid.errors import InputError
 from upp_grid.mock import make_mock
 
-REPO = Path(__file__).resolve().parents[2]
 UPP_RW_CONFIG = REPO / "configs" / "upp-rw-integration.yaml"
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``upp-grid ARGV`` in-process: (exit code, stdout, stderr). Leaves logging as it was."""
-    logger = logging.getLogger("upp_grid")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def copy_config(tmp_path: Path) -> Path:
@@ -51,11 +31,7 @@ def test_help_exits_0_and_lists_the_commands(capsys: pytest.CaptureFixture[str])
 
 
 def test_version_exits_0_through_python_dash_m(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "upp_grid", "--version"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_process("--version", cwd=tmp_path)
 
     assert result.returncode == 0
     assert result.stdout.strip() == f"upp-grid, version {__version__}"

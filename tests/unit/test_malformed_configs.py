@@ -7,18 +7,13 @@ that text, which names the file, the line and the key path. Every file runs thro
 
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from upp_grid.cli import main
+from tests.cli_support import run_main, run_process
 from upp_grid.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
 MALFORMED = Path(__file__).resolve().parent / "malformed"
 FILES = sorted(MALFORMED.glob("*.yaml"))
 
@@ -27,30 +22,6 @@ def expected(path: Path) -> str:
     first = path.read_text().partition("\n")[0]
     assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <text>'"
     return first.removeprefix("# expect: ")
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``upp-grid ARGV`` in-process: (exit code, stdout, stderr). Leaves logging as it was."""
-    logger = logging.getLogger("upp_grid")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m upp_grid ARGS`` on the working tree's code."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "upp_grid", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
 
 
 def test_there_are_at_least_25_malformed_configs() -> None:

@@ -132,3 +132,33 @@ def test_batches_are_whole_chunks_and_bounded_in_bytes(tmp_path):
 
         assert aligned_batch_size([jets, tracks], 7_000, 2**30)[0] == 6_000
         assert aligned_batch_size([jets, tracks], 10, 2**30)[0] == 3_000  # at least one
+
+
+def test_chunk_lengths_with_a_huge_common_multiple_keep_batches_bounded(tmp_path):
+    # e.g. files written with byte-sized chunks: 13107 jets vs 397 tracks rows -> lcm 5.2M rows
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        jets = f.create_dataset("jets", shape=(100_000,), dtype="f4", chunks=(13_107,))
+        tracks = f.create_dataset("tracks", shape=(100_000, 40), dtype=TRACKS, chunks=(397, 40))
+        row_bytes = 40 * TRACKS.itemsize
+
+        rows, align = aligned_batch_size([jets, tracks], 1_000_000, 32 * 2**20)
+
+        assert align == 397
+        assert rows % 397 == 0
+        assert rows * row_bytes <= 32 * 2**20
+
+
+def test_half_precision_keeps_mev_scale_fields_in_float32():
+    from upp_grid.h5io import final_dtype
+
+    dtype = np.dtype([("pt", "f4"), ("HadronConeExclTruthLabelPt", "f4"), ("eta", "f4"),
+                      ("qOverP", "f4"), ("eventNumber", "i8")])
+
+    half = final_dtype(dtype, "half", ("pt",))
+
+    assert half["pt"] == np.float32
+    assert half["HadronConeExclTruthLabelPt"] == np.float32  # > 65 GeV overflows float16
+    assert half["eta"] == np.float16
+    assert half["qOverP"] == np.float16
+    assert half["eventNumber"] == np.int64
+    assert final_dtype(dtype, "full", ())["eta"] == np.float32
