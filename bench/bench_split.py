@@ -15,7 +15,7 @@ Mock ntuples (40 tracks per jet) are made once and cached under ``--workdir`` (t
 3. optionally (``--codecs``) the split once per intermediate codec, with the output size.
 
 Peak RSS is reported two ways: the largest single process (the split or one of its workers,
-from ``os.wait4``: see bench/common.py), and the whole split process tree's memory (sum of PSS,
+from ``os.wait4``: see bench/py), and the whole split process tree's memory (sum of PSS,
 so pages shared after fork count once) sampled from /proc every 0.25 s (reading smaps more
 often slows the split down measurably; its buffers are allocated up front, so the plateau is
 what is seen). Each timing is the best of ``--repeat`` runs (the 2 cores may be shared with
@@ -34,22 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import h5py
 import numpy as np
-from common import (
-    UPP_JETS,
-    apply_smoke,
-    bench_parser,
-    bench_workdir,
-    best_of,
-    ensure_ntuples,
-    h5_files,
-    ok,
-    project_config,
-    run_measured,
-    table,
-    write_summary,
-)
 
 from upp_grid.h5io import INTERMEDIATE_CODEC, INTERMEDIATE_CODECS
 
@@ -103,7 +90,7 @@ def best_raw_read(files: list[Path], repeat: int) -> tuple[float, int]:
         raw_read(files)
         return time.perf_counter() - start
 
-    best, _ = best_of(repeat, timed, key=float)
+    best, _ = common.best_of(repeat, timed, key=float)
     return best, nbytes
 
 
@@ -120,8 +107,9 @@ def best_split(config: Path, workers: int | None, repeat: int, codec: str | None
         code = ("import sys, upp_grid.h5io as h; h.INTERMEDIATE_CODEC = sys.argv[1]; "
                 "from upp_grid.cli import main; main(sys.argv[2:])")
         cmd = [sys.executable, "-c", code, codec, *args]
-    best, runs = best_of(repeat, lambda: run_measured(cmd, sample_pss=True).check("split"),
-                         key=lambda r: r.wall_s)
+    best, runs = common.best_of(
+        repeat, lambda: common.run_measured(cmd, sample_pss=True).check("split"),
+        key=lambda r: r.wall_s)
     return Run(best.wall_s, min(r.cpu_s for r in runs), max(r.max_rss_mib for r in runs),
                max(r.tree_pss_mib for r in runs))
 
@@ -129,34 +117,31 @@ def best_split(config: Path, workers: int | None, repeat: int, codec: str | None
 def startup_s(repeat: int) -> float:
     """Interpreter start-up plus the imports every split pays before reading anything."""
     code = "import upp_grid.cli, upp_grid.config, upp_grid.stages.split_local"
-    best, _ = best_of(repeat, lambda: run_measured([sys.executable, "-c", code]).check(),
-                      key=lambda r: r.wall_s)
+    best, _ = common.best_of(
+        repeat, lambda: common.run_measured([sys.executable, "-c", code]).check("imports"),
+        key=lambda r: r.wall_s)
     return best.wall_s
 
 
 def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in h5_files(path))
+    return sum(p.stat().st_size for p in common.h5_files(path))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None,
                         help="split --workers (default: the CLI's, min(files, cores))")
     parser.add_argument("--codecs", action="store_true",
                         help=f"also time the split with each codec of {INTERMEDIATE_CODECS}")
-    args = parser.parse_args(argv)
-    apply_smoke(args)
-    with bench_workdir(args) as work:
-        report(args, work)
-    return 0
+    return common.run_bench(parser, argv, report)
 
 
 def report(args: argparse.Namespace, work: Path) -> None:
-    ntuples = ensure_ntuples(work, args.jets, args.files)
-    files = h5_files(ntuples)
+    ntuples = common.ensure_ntuples(work, args.jets, args.files)
+    files = common.h5_files(ntuples)
     base = work / f"split-{args.jets}x{args.files}"
-    config = project_config(base, ntuples)
+    config = common.project_config(base, ntuples)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     raw_s, nbytes = best_raw_read(files, args.repeat)
@@ -174,22 +159,23 @@ def report(args: argparse.Namespace, work: Path) -> None:
         ("upp-grid split (CLI wall)", f"{run.wall_s:.2f} s", "", ""),
         ("  of which start-up + imports", f"{start_s:.2f} s", "", ""),
         ("split CPU, all processes (user+sys)", f"{run.cpu_s:.2f} s", "", ""),
-        ("split / raw read", f"{ratio:.2f}", f"<= {TARGET_RATIO}", ok(ratio <= TARGET_RATIO)),
+        ("split / raw read", f"{ratio:.2f}", f"<= {TARGET_RATIO}",
+         common.ok(ratio <= TARGET_RATIO)),
         ("UPP 0.3.3 split (reference, 1M jets)", f"{UPP_SPLIT_S:.1f} s", "", ""),
         ("speed-up vs UPP", f"{speedup:.1f}x", f">= {TARGET_SPEEDUP:.0f}x",
-         ok(speedup >= TARGET_SPEEDUP)) if args.jets == UPP_JETS else
+         common.ok(speedup >= TARGET_SPEEDUP)) if args.jets == common.UPP_JETS else
         ("speed-up vs UPP", "n/a", "(UPP measured at 1M jets)", ""),
         ("peak RSS, largest process", f"{run.max_rss_mib:.0f} MiB", f"<= {TARGET_RSS_MIB}",
-         ok(run.max_rss_mib <= TARGET_RSS_MIB)),
+         common.ok(run.max_rss_mib <= TARGET_RSS_MIB)),
         ("peak memory, process tree (PSS)", f"{run.tree_rss_mib:.0f} MiB",
          f"(UPP {UPP_SPLIT_RSS_MIB})", ""),
         ("split outputs on disk", f"{out_bytes / 1e9:.2f} GB", "", ""),
     ]
-    print(table(("measure", "value", "target", "met"), rows))
+    print(common.table(("measure", "value", "target", "met"), rows))
     if args.smoke:
         print("(smoke run: the input is too small for the targets to mean anything)")
-    write_summary(args, f"split {run.wall_s:.2f} s = {ratio:.1f}x raw read, "
-                        f"peak RSS {run.max_rss_mib:.0f} MiB")
+    common.write_summary(args, f"split {run.wall_s:.2f} s = {ratio:.1f}x raw read, "
+                               f"peak RSS {run.max_rss_mib:.0f} MiB")
 
     if args.codecs:
         codec_rows = []
@@ -199,8 +185,8 @@ def report(args: argparse.Namespace, work: Path) -> None:
             codec_rows.append((codec, f"{c_run.wall_s:.2f} s", f"{c_run.wall_s / raw_s:.2f}",
                                f"{size / 1e9:.2f} GB", f"{nbytes / max(size, 1):.1f}"))
         print("\nintermediate codec (outputs of the same split):")
-        print(table(("codec", "split wall", "/ raw read", "on disk", "input/output bytes"),
-                    codec_rows))
+        print(common.table(("codec", "split wall", "/ raw read", "on disk",
+                            "input/output bytes"), codec_rows))
         best_split(config, args.workers, 1)  # leave the default codec's outputs behind
 
 

@@ -2,7 +2,7 @@
 
 * options: :func:`bench_parser` (``--workdir``, ``--jets``, ``--repeat``, ``--smoke``,
   ``--summary``), :func:`apply_smoke` and :func:`bench_workdir` (a temporary directory for a
-  smoke run unless ``--workdir`` is given);
+  smoke run unless ``--workdir`` is given), all put together by :func:`run_bench`;
 * inputs: :func:`ensure_ntuples` (mock ntuples cached under the workdir, remade if incomplete),
   :func:`load_template` and :func:`write_config` (a config with its own ``base_dir``),
   :func:`project_config` (a config on the mock ntuples) and :func:`split_once`;
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,12 +77,16 @@ with os.fdopen(fd, "w") as out:
 # -- options ---------------------------------------------------------------------------------
 
 
-def bench_parser(doc: str, *, jets: bool = True) -> argparse.ArgumentParser:
-    """A parser with the options every bench takes; ``doc`` is the bench's module docstring."""
+def bench_parser(doc: str, *, jets: bool = True, workdir: Path | None = DEFAULT_WORKDIR
+                 ) -> argparse.ArgumentParser:
+    """A parser with the options every bench takes; ``doc`` is the bench's module docstring,
+    ``workdir`` the work directory without ``--workdir`` (None: a temporary one)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where inputs are cached and outputs written (default: "
-                             f"{DEFAULT_WORKDIR}; a temporary directory with --smoke)")
+                             f"{workdir or 'a temporary directory'}; a temporary directory "
+                             "with --smoke)")
+    parser.set_defaults(default_workdir=workdir)
     if jets:
         parser.add_argument("--jets", type=int, default=UPP_JETS)
     parser.add_argument("--repeat", type=int, default=3, help="report the best of N runs")
@@ -100,11 +106,35 @@ def apply_smoke(args: argparse.Namespace) -> None:
             args.jets = SMOKE_JETS
 
 
+def run_bench(parser: argparse.ArgumentParser, argv: list[str] | None,
+              bench: Callable[[argparse.Namespace, Path], None], *,
+              measure: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> int:
+    """A bench's ``main``: parse ``argv``; then either its measuring mode (``--measure``, when
+    ``measure`` is given: run by :func:`measure_in_child`, prints ``measure(args)`` as JSON), or
+    ``bench(args, workdir)`` after :func:`apply_smoke`, in :func:`bench_workdir`."""
+    if measure is not None:
+        parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if measure is not None and args.measure:
+        print(json.dumps(measure(args)))
+        return 0
+    apply_smoke(args)
+    try:
+        with bench_workdir(args) as work:
+            bench(args, work)
+    except SystemExit as failure:  # a failed measurement: say so in the summary too
+        if failure.code not in (None, 0):
+            write_summary(args, str(failure.code).strip().splitlines()[0])
+        raise
+    return 0
+
+
 @contextmanager
-def bench_workdir(args: argparse.Namespace, default: Path | None = DEFAULT_WORKDIR
-                  ) -> Iterator[Path]:
-    """``--workdir`` if given; else a temporary directory (removed after) for a smoke run or when
-    ``default`` is None; else ``default`` (kept: its inputs are reused by the next run)."""
+def bench_workdir(args: argparse.Namespace) -> Iterator[Path]:
+    """``--workdir`` if given; else a temporary directory (removed after) for a smoke run or a
+    bench without a default; else the bench's default (kept: the next run reuses its inputs)."""
+    default = args.default_workdir
     if args.workdir is None and (args.smoke or default is None):
         with tempfile.TemporaryDirectory(prefix="upp-grid-bench-") as tmp:
             yield Path(tmp)
@@ -260,8 +290,6 @@ def measure_in_child(script: str, *args: str | Path) -> dict[str, Any]:
 
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process and its finished (waited-for) children."""
-    import resource
-
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

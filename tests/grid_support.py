@@ -6,6 +6,7 @@
   in test_grid_payload.py packs the real ./env instead.
 * :func:`make_project`: mock ntuples in two grid-style containers plus the demo config.
 * :func:`run_cli`: ``python -m upp_grid`` in a subprocess, with the working tree first.
+* :func:`unshare_works`: whether ``unshare -rn`` can cut a process off the network here.
 * :func:`read_h5`: every dataset of an HDF5 file, to compare outputs.
 """
 
@@ -87,6 +88,15 @@ def run_cli(args: Sequence[str], env: dict[str, str], cwd: Path | None = None,
     """``python -m upp_grid ARGS``."""
     return subprocess.run([sys.executable, "-m", "upp_grid", *map(str, args)], env=env,
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def unshare_works() -> bool:
+    """Whether ``unshare -rn`` (a process without any network) works here."""
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def input_files(project: Project, container: str) -> list[Path]:

@@ -27,6 +27,7 @@ from tests.grid_support import (
     input_files,
     make_project,
     run_cli,
+    unshare_works,
 )
 from upp_grid.config import load_config
 from upp_grid.grid.state import StateDB
@@ -216,14 +217,6 @@ def test_unreachable_server_is_a_one_line_error_and_nothing_is_recorded(project)
 
 
 # ------------------------------------------------------------------------------- dry run
-def _unshare_works() -> bool:
-    try:
-        return subprocess.run(["unshare", "-rn", "true"], capture_output=True,
-                              timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def check_dry_run(project: Project, done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, done.stderr
     header = next(ln for ln in done.stdout.splitlines() if ln.startswith("container"))
@@ -241,7 +234,7 @@ def check_dry_run(project: Project, done: subprocess.CompletedProcess[str]) -> N
     assert not project.state.exists()
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="unshare -rn (a network namespace) unavailable")
+@pytest.mark.skipif(not unshare_works(), reason="unshare -rn (a network namespace) unavailable")
 def test_dry_run_builds_sandbox_and_task_parameters_without_any_network(project):
     # production URLs (the default): unreachable inside the empty network namespace
     done = subprocess.run(
