@@ -119,11 +119,11 @@ def split_cmd(config_path: Path, container: str | None, files: str | None,
 
 def _run_split(config, container=None, files=None, workers=None, overwrite=False):
     from upp_grid.progress import progress_bar
-    from upp_grid.stages.split_local import pending_units, split_stage
+    from upp_grid.stages.split_local import split_stage
 
-    todo = sum(u.num_jets for u in pending_units(config, container, files, overwrite)[0])
-    with progress_bar(todo, "split") as advance:
-        return split_stage(config, container, files, workers, overwrite, progress=advance)
+    with progress_bar(None, "split") as advance:
+        return split_stage(config, container, files, workers, overwrite, progress=advance,
+                           total=advance.set_total)
 
 
 @cli.command("weights")

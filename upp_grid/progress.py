@@ -15,12 +15,30 @@ from contextlib import contextmanager
 log = logging.getLogger("upp_grid")
 
 
+class Advance:
+    """``advance(n)`` reports ``n`` more units done; ``set_total(n)`` fixes the total once the
+    work is planned (a bar may start before that, with an unknown total)."""
+
+    def __init__(self, total: int | None, on_update: Callable[[Advance], None]) -> None:
+        self.total = total
+        self.done = 0
+        self._on_update = on_update
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self._on_update(self)
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        self._on_update(self)
+
+
 @contextmanager
-def progress_bar(total: int, what: str, unit: str = "jets",
-                 enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield an ``advance(n)`` callable that reports progress towards ``total``."""
-    if not enabled or total <= 0:
-        yield lambda n: None
+def progress_bar(total: int | None, what: str, unit: str = "jets",
+                 enabled: bool = True) -> Iterator[Advance]:
+    """Yield an :class:`Advance` that reports progress towards ``total`` (None: set later)."""
+    if not enabled:
+        yield Advance(total, lambda a: None)
         return
     if sys.stderr.isatty():
         from rich.progress import (
@@ -37,20 +55,20 @@ def progress_bar(total: int, what: str, unit: str = "jets",
                    TimeRemainingColumn())
         with Progress(*columns, transient=False) as bar:
             task = bar.add_task(what, total=total)
-            yield lambda n: bar.advance(task, n)
+            yield Advance(total, lambda a: bar.update(task, completed=a.done, total=a.total))
         return
-    state = {"done": 0, "last": 0.0, "start": time.monotonic()}
+    start = time.monotonic()
+    last = [0.0]
 
-    def advance(n: int) -> None:
-        state["done"] += n
+    def log_line(a: Advance) -> None:
         now = time.monotonic()
-        if now - state["last"] < 10 and state["done"] < total:
+        if not a.total or not a.done or (now - last[0] < 10 and a.done < a.total):
             return
-        state["last"] = now
-        elapsed = now - state["start"]
-        rate = state["done"] / elapsed if elapsed > 0 else 0.0
-        eta = (total - state["done"]) / rate if rate > 0 else float("nan")
-        log.info("%s: %d/%d %s (%.0f%%), %.0fs elapsed, eta %.0fs", what, state["done"], total,
-                 unit, 100 * state["done"] / total, elapsed, eta)
+        last[0] = now
+        elapsed = now - start
+        rate = a.done / elapsed if elapsed > 0 else 0.0
+        eta = (a.total - a.done) / rate if rate > 0 else float("nan")
+        log.info("%s: %d/%d %s (%.0f%%), %.0fs elapsed, eta %.0fs", what, a.done, a.total,
+                 unit, 100 * a.done / a.total, elapsed, eta)
 
-    yield advance
+    yield Advance(total, log_line)

@@ -17,23 +17,23 @@ from pathlib import Path
 from typing import TypeVar
 
 from upp_grid.config import SPLITS, Config
+from upp_grid.progress import Advance
 from upp_grid.stages.catalogue import Catalogue
 from upp_grid.stages.merge import MergeSummary, merge_stage, merge_work
 from upp_grid.stages.normalise import NormResult, norm_stage
-from upp_grid.stages.split_local import SplitSummary, pending_units, split_stage
+from upp_grid.stages.split_local import SplitSummary, split_stage
 from upp_grid.stages.weights import WeightsReport, planned_jets, weights_stage
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Progress = Callable[[int], None]
-ProgressBar = Callable[[int, str], AbstractContextManager[Progress]]
+ProgressBar = Callable[[int | None, str], AbstractContextManager[Advance]]
 
 
 @contextmanager
-def no_progress(_total: int, _what: str) -> Iterator[Progress]:
+def no_progress(total: int | None, _what: str) -> Iterator[Advance]:
     """A progress bar that shows nothing."""
-    yield lambda n: None
+    yield Advance(total, lambda a: None)
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,8 @@ def _timed(timings: list[StageTime], name: str, fn: Callable[[], T]) -> T:
 
 
 def _split(config: Config, bar: ProgressBar) -> tuple[SplitSummary, Catalogue]:
-    todo = sum(u.num_jets for u in pending_units(config, None, None, False)[0])
-    with bar(todo, "split") as advance:
-        return split_stage(config, progress=advance)
+    with bar(None, "split") as advance:
+        return split_stage(config, progress=advance, total=advance.set_total)
 
 
 def _weights(config: Config, plots: bool, bar: ProgressBar) -> WeightsReport:
