@@ -42,8 +42,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from ftag import Cuts
-from ftag.cuts import OPERATORS
+from ftag.cuts import OPERATORS, Cuts
 from ftag.flavours import Extended_Flavours, Flavours
 from ftag.labels import Label
 

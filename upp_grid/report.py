@@ -78,11 +78,14 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
 def print_split_summary(config: Config, summary, cat) -> None:
     """Per-input bookkeeping (read = written + in no component) and catalogue totals."""
     con = _console()
-    table = Table(title=f"split: {len(summary.records)} inputs ({summary.skipped} already done)")
+    inputs = summary.by_input()
+    parts = "" if len(summary.records) == len(inputs) else f" in {len(summary.records)} parts"
+    table = Table(title=f"split: {len(inputs)} inputs{parts} "
+                        f"({summary.skipped} already done)")
     for col in ("input", "read", *SPLITS, "no component"):
         table.add_column(col, justify="right" if col != "input" else "left")
     totals = dict.fromkeys(("read", *SPLITS, "none"), 0)
-    for rec in sorted(summary.records, key=lambda r: r.input):
+    for rec in inputs:
         per = rec.per_split()
         table.add_row(Path(rec.input).name, f"{rec.jets_read:,}",
                       *(f"{per[s]:,}" for s in SPLITS), f"{rec.no_component:,}")

@@ -558,3 +558,117 @@ def test_a_corrupt_file_leaves_the_other_inputs_complete(tmp_path, split_ntuples
     rerun = cli("split", "-c", config_path, "--files", ",".join(map(str, good)), cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert "3 of 3 inputs already split" in rerun.stderr
+
+
+# ------------------------------------------------------------------------------ row-range parts
+def part_dirs(components: Path) -> list[Path]:
+    return sorted(d for d in records(components) if ".rows-" in d.name)
+
+
+def joined_outputs(components: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every output with the parts of one input concatenated in row order, keyed by
+    ``<whole-file unit dir>/<output file name>`` relative to ``components``."""
+    parts: dict[str, list[tuple[int, dict[str, np.ndarray]]]] = {}
+    for path in sorted(components.rglob("output_*.h5")):
+        rel = path.relative_to(components)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        unit, _, rows = rel.parent.name.partition(".rows-")
+        key = str(rel.parent.with_name(unit) / path.name)
+        parts.setdefault(key, []).append((int(rows.split("-")[0]) if rows else 0,
+                                          read_all(path)))
+    return {key: {g: np.concatenate([arrs[g] for _, arrs in sorted(pieces, key=lambda p: p[0])])
+                  for g in pieces[0][1]}
+            for key, pieces in parts.items()}
+
+
+def split_in_parts(tmp_path: Path, ntuples: Path, workers: int = 2):
+    config = load_config(demo_config(tmp_path, ntuples))
+    summary, cat = split_stage(config, workers=workers, min_part_jets=1_000)
+    return config, summary, cat
+
+
+def test_fewer_files_than_workers_are_cut_into_row_ranges_with_identical_content(
+        tmp_path, split_ntuples):
+    whole = load_config(demo_config(tmp_path / "whole", split_ntuples))
+    _, whole_cat = split_stage(whole, workers=1)
+
+    config, summary, cat = split_in_parts(tmp_path / "parts", split_ntuples)
+
+    components = config.global_.components_dir
+    parts = part_dirs(components)
+    assert len(parts) == 6 and len(summary.records) == 6  # 3 files x 2 halves, 3 per core
+    assert not [d for d in records(components) if ".rows-" not in d.name]
+    for rec in summary.by_input():
+        with h5py.File(rec.input) as f:
+            assert rec.jets_read == len(f["jets"]) == sum(rec.outputs.values()) + \
+                rec.no_component
+    for d, rec in records(components).items():
+        start, stop = map(int, d.name.rsplit(".rows-", 1)[1].split("-"))
+        assert rec["rows"] == [start, stop] and rec["jets_read"] == stop - start
+    a, b = joined_outputs(components), joined_outputs(whole.global_.components_dir)
+    assert a.keys() == b.keys() and a
+    for key, groups in a.items():
+        for group, arr in groups.items():
+            assert arr.dtype == b[key][group].dtype
+            np.testing.assert_array_equal(arr, b[key][group], err_msg=f"{key} {group}")
+    assert cat.num_jets == whole_cat.num_jets
+    listed = [f for split in SPLITS for files in cat.files[split].values() for f in files]
+    assert len(listed) == len(set(listed)) == 6 * 3 * 4  # each part: 3 splits x 4 flavours
+
+
+def test_a_rerun_with_other_workers_keeps_the_complete_parts(tmp_path, split_ntuples):
+    config, _, cat = split_in_parts(tmp_path, split_ntuples)
+    components = config.global_.components_dir
+    stamps = {p: p.stat().st_mtime_ns for p in components.rglob("*.h5")}
+
+    summary, again = split_stage(config, workers=1, min_part_jets=1_000)
+
+    assert summary.skipped == 6 and len(summary.by_input()) == 3
+    catalogue = components / "organised-components.yaml"
+    assert {p: p.stat().st_mtime_ns for p in components.rglob("*.h5")} == stamps
+    assert catalogue.exists() and again.num_jets == cat.num_jets
+    assert len(part_dirs(components)) == 6
+
+
+def test_overwrite_with_one_worker_replaces_the_parts_by_whole_files(tmp_path, split_ntuples):
+    config, _, cat = split_in_parts(tmp_path, split_ntuples)
+    components = config.global_.components_dir
+
+    summary, again = split_stage(config, workers=1, overwrite=True, min_part_jets=1_000)
+
+    assert summary.skipped == 0 and len(summary.records) == 3
+    assert part_dirs(components) == []  # no jet catalogued twice
+    check_split_outputs(components, split_ntuples, DEMO)
+    assert again.num_jets == cat.num_jets
+
+
+def test_a_part_with_a_missing_record_is_redone_alone(tmp_path, split_ntuples):
+    config, _, _ = split_in_parts(tmp_path, split_ntuples)
+    components = config.global_.components_dir
+    reference = tmp_path / "reference"
+    shutil.copytree(components, reference)
+    damaged = part_dirs(components)[1]
+    (damaged / RECORD_NAME).unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in components.rglob(RECORD_NAME)}
+
+    summary, _ = split_stage(config, workers=2, min_part_jets=1_000)
+
+    assert summary.skipped == 5
+    assert {p for p, t in stamps.items() if p.stat().st_mtime_ns != t} == set()
+    assert (damaged / RECORD_NAME).exists()
+    assert_same_outputs(components, reference)
+
+
+def test_parts_that_do_not_tile_their_input_are_a_bookkeeping_error():
+    from upp_grid.errors import BookkeepingError
+    from upp_grid.stages.split import SplitRecord
+    from upp_grid.stages.split_local import check_inputs_whole
+
+    halves = [SplitRecord("in.h5", 50, {"train_a": 50}, rows=(0, 50)),
+              SplitRecord("in.h5", 50, {"train_a": 40}, 10, rows=(50, 100))]
+    check_inputs_whole(halves)
+    with pytest.raises(BookkeepingError, match=r"in\.h5: .*gap or overlap at row 50"):
+        check_inputs_whole([halves[0], SplitRecord("in.h5", 40, {}, 40, rows=(60, 100))])
+    with pytest.raises(BookkeepingError, match=r"in\.h5: split parts cover 100 rows but read 99"):
+        check_inputs_whole([halves[0], SplitRecord("in.h5", 49, {}, 49, rows=(50, 100))])

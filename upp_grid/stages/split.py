@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
+from itertools import combinations, pairwise
 from pathlib import Path
 
 import h5py
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "split-record.json"
 SPLIT_FORMAT = 2  # bump when the content of split outputs changes: old units are redone
 FLAVOUR_DTYPE = np.dtype("i4")
-BATCH_BYTES = 32 * 2**20  # per group and batch: bounds memory whatever the batch_size
+BATCH_BYTES = 64 * 2**20  # per group and batch: bounds memory whatever the batch_size
 CHUNK_BYTES = 256 * 2**10  # uncompressed bytes per output chunk (small: less buffering)
 Progress = Callable[[int], None]
 
@@ -81,6 +81,7 @@ class SplitRecord:
     input_size: int = 0
     input_mtime_ns: int = 0
     split_hash: str = ""
+    rows: tuple[int, int] | None = None  # [start, stop) of the input; None: the whole file
 
     def check(self) -> None:
         """Jets read must equal jets written plus jets in no component, exactly."""
@@ -227,8 +228,10 @@ class _GroupPlan:
 
 
 def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str],
-               progress: Progress | None = None) -> SplitRecord:
-    """Split one input file into ``out_dir``, writing every declared output, atomically.
+               progress: Progress | None = None,
+               rows: tuple[int, int] | None = None) -> SplitRecord:
+    """Split one input file (or its rows ``[start, stop)``) into ``out_dir``, writing every
+    declared output, atomically.
 
     Returns the bookkeeping record (also written to ``out_dir/split-record.json`` last, so its
     presence means the directory is complete).
@@ -247,7 +250,8 @@ def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str]
         raise InputError(f"{path}: no component uses sample(s) {', '.join(samples)}")
     stat = path.stat()
     record = SplitRecord(str(path), 0, input_size=stat.st_size,
-                         input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config))
+                         input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config),
+                         rows=None if rows is None else (int(rows[0]), int(rows[1])))
     with open_input(path) as f:
         try:
             _split_open_file(config, f, path, out_dir, outputs, record, progress)
@@ -271,10 +275,13 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
         if ds.shape[0] != num:
             raise InputError(f"{path}: dataset '{g}' has {ds.shape[0]} rows but "
                              f"'{jets_name}' has {num}")
+    first, last = record.rows if record.rows is not None else (0, num)
+    if not 0 <= first <= last <= num:
+        raise InputError(f"{path}: rows {first}-{last} requested but '{jets_name}' has {num}")
     router = _Router(config, outputs)
     _check_cut_fields(path, jets_name, dsets[jets_name].dtype.names, router)
-    batch, _ = aligned_batch_size(list(dsets.values()), config.global_.batch_size, BATCH_BYTES)
-    plans = {g: _plan_group(config, path, g, ds, min(batch, max(num, 1)))
+    batch = _batch_rows(config, list(dsets.values()))
+    plans = {g: _plan_group(config, path, g, ds, min(batch, max(last - first, 1)))
              for g, ds in dsets.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     writers: list[AtomicH5Writer] = []
@@ -283,14 +290,14 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
             spec = {g: (p.dtypes[o.split], p.row_shape) for g, p in plans.items()}
             attrs = {"split": o.split, "component": o.component.name,
                      "flavour": o.component.flavour.name, "flavour_label": o.flavour_label,
-                     "input": path.name}
+                     "input": path.name, "input_rows": [first, last]}
             writers.append(AtomicH5Writer(out_dir / o.filename, spec, intermediate_codec(),
                                           attrs, chunk_bytes=CHUNK_BYTES))
         counts = np.zeros(len(outputs), dtype=np.int64)
         labels = np.array([o.flavour_label for o in outputs], dtype=FLAVOUR_DTYPE)
         split_of = np.array([SPLITS.index(o.split) for o in outputs])
-        for start in range(0, num, batch):
-            stop = min(start + batch, num)
+        for start in range(first, last, batch):
+            stop = min(start + batch, last)
             jets = read_rows(plans[jets_name].ds, start, stop, plans[jets_name].buffer)
             dest = router.route(jets)
             if router.overlaps:  # keep scanning (jets only) to count every duplicate
@@ -312,6 +319,29 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
         for w in writers:
             w.abort()
         raise
+
+
+def _batch_rows(config: Config, dsets: list[h5py.Dataset]) -> int:
+    return aligned_batch_size(dsets, config.global_.batch_size, BATCH_BYTES)[0]
+
+
+def row_parts(config: Config, path: Path, parts: int) -> tuple[int, list[tuple[int, int]]]:
+    """``(jets, ranges)``: ``parts`` row ranges ``[start, stop)`` that tile the input exactly,
+    as equal as the chunk alignment allows (every part still reads whole chunks). Fewer ranges
+    when the file has fewer chunks; ``(0, [])`` when the file cannot be read (the split of it
+    reports why).
+    """
+    try:
+        with open_input(path) as f:
+            dsets = {g: dataset(f, g) for g in config.variables}
+            num = int(dsets[config.jets_name].shape[0])
+            _, align = aligned_batch_size(list(dsets.values()), config.global_.batch_size,
+                                          BATCH_BYTES)
+    except (InputError, OSError, KeyError, RuntimeError, ValueError):
+        return 0, []
+    blocks = -(-num // align)
+    cuts = sorted({min(num, round(k * blocks / parts) * align) for k in range(parts + 1)})
+    return num, [(a, b) for a, b in pairwise(cuts) if b > a] or [(0, 0)]
 
 
 def _plan_group(config: Config, path: Path, g: str, ds: h5py.Dataset, rows: int) -> _GroupPlan:
@@ -385,6 +415,8 @@ def read_record(unit_dir: Path) -> SplitRecord | None:
     """The completion record of a unit directory, or None if absent/unreadable."""
     try:
         data = json.loads((unit_dir / RECORD_NAME).read_text())
+        if data.get("rows") is not None:
+            data["rows"] = (int(data["rows"][0]), int(data["rows"][1]))
         return SplitRecord(**data)
     except (OSError, ValueError, TypeError):
         return None

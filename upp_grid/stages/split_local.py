@@ -1,18 +1,28 @@
 """``upp-grid split``: split every input file of the config locally, resumably, in processes.
 
-Each input file is a *unit* with its own directory (:func:`unit_dir`)
+Each input file is split as one *unit* with its own directory (:func:`unit_dir`)
 ``<components_dir>/<sample>/<container>/<file name without .h5>/``, the shape a grid download
-has too. A unit is written into a hidden staging directory and renamed into place once
-complete, with its completion record (``split-record.json``, holding the counts) inside. A
-rerun skips complete units whose record still matches the input, the config and the files on
-disk, and redoes everything else (``--overwrite`` redoes all); stale staging directories from a
-killed run are removed first. Units run in a pool of forked processes (default: min(units,
-cores)); one unit's failure is reported as one line and leaves the others complete.
+has too. When there are fewer than 4 files per worker, each file is cut into a few row ranges
+(:func:`parts_per_file`) so that no core idles through a last round: 3 files on 2 cores make 6
+half-file units, 3 per core. A part's directory is the file's with ``.rows-<start>-<stop>``
+appended; it holds the same fixed output names, and the catalogue reads it like any other.
+A unit is written into a hidden staging directory and renamed into place once complete, with its
+completion record (``split-record.json``, holding the counts and the row range) inside.
+
+A rerun skips the units whose record still matches the input, the config and the files on disk,
+and redoes everything else (``--overwrite`` redoes all); complete outputs of an earlier run cut
+differently (another ``--workers``) are kept when they cover the file exactly, and any other
+directory of the same input is removed, so no jet is ever catalogued twice. Stale staging
+directories from a killed run are removed first. Units run in a pool of forked processes
+(default: min(units, cores)), largest first; one unit's failure is reported as one line and
+leaves the others complete. Per input, the parts must tile the file and their jets read must
+add up to its jets: checked before the catalogue is written.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import multiprocessing.queues
 import os
@@ -26,7 +36,7 @@ from pathlib import Path
 import h5py
 
 from upp_grid.config import Config
-from upp_grid.errors import InputError, UppGridError
+from upp_grid.errors import BookkeepingError, InputError, UppGridError
 from upp_grid.h5io import short_error
 from upp_grid.inputs import Container, container_files, find_containers
 from upp_grid.stages.catalogue import Catalogue, write_catalogue
@@ -34,6 +44,7 @@ from upp_grid.stages.split import (
     SplitRecord,
     declared_outputs,
     read_record,
+    row_parts,
     split_file,
     split_hash,
 )
@@ -41,28 +52,59 @@ from upp_grid.stages.split import (
 log = logging.getLogger(__name__)
 
 
+MIN_PART_JETS = 100_000  # a file is cut into parts only when each part has at least this
+FILES_PER_WORKER = 4  # from this many files per worker on, whole files balance well enough
+
+
 @dataclass(frozen=True)
 class Unit:
-    """One input file and where its outputs go."""
+    """One input file, or rows ``[start, stop)`` of it, and where its outputs go."""
 
     path: Path
     samples: tuple[str, ...]
     out_dir: Path
-    num_jets: int
+    num_jets: int  # jets of this unit
+    rows: tuple[int, int] | None = None  # None: the whole file
 
 
 @dataclass(frozen=True)
 class SplitSummary:
-    """Outcome of a split run: one record per input (skipped ones included) and failures."""
+    """Outcome of a split run: one record per unit (skipped ones included) and failures."""
 
     records: tuple[SplitRecord, ...]
     skipped: int
     failures: tuple[str, ...]
 
+    def by_input(self) -> list[SplitRecord]:
+        """One record per input file, its parts summed (sorted by input)."""
+        out: dict[str, SplitRecord] = {}
+        for rec in sorted(self.records, key=lambda r: (r.input, r.rows or (0, 0))):
+            total = out.setdefault(rec.input, SplitRecord(rec.input, 0))
+            total.jets_read += rec.jets_read
+            total.no_component += rec.no_component
+            for name, n in rec.outputs.items():
+                total.outputs[name] = total.outputs.get(name, 0) + n
+        return list(out.values())
+
+
+def parts_per_file(num_files: int, workers: int) -> int:
+    """Row ranges per input file so that every worker gets the same number of units.
+
+    With at least :data:`FILES_PER_WORKER` files per worker, whole files (1). Otherwise
+    ``workers / gcd(files, workers)``: 3 files on 2 workers → 2 parts each, 6 units, 3 per
+    worker; 4 files on 2 workers → 1.
+    """
+    if workers <= 1 or num_files <= 0 or num_files >= FILES_PER_WORKER * workers:
+        return 1
+    return workers // math.gcd(num_files, workers)
+
 
 def plan_units(config: Config, container: str | None = None,
-               files: Sequence[Path] | None = None) -> list[Unit]:
-    """The units to split: all inputs, one container's, or given files.
+               files: Sequence[Path] | None = None, workers: int | None = None,
+               min_part_jets: int = MIN_PART_JETS) -> list[Unit]:
+    """The units to split: all inputs, one container's, or given files, each file cut into
+    :func:`parts_per_file` row ranges for ``workers`` (default: the usable cores) when every
+    part keeps at least ``min_part_jets`` jets.
 
     ``container`` is a pattern from the config (as written there) or a sample name. Files given
     with ``container`` are that container's (wherever they are, as on a grid worker node);
@@ -89,9 +131,16 @@ def plan_units(config: Config, container: str | None = None,
         for c in containers:
             for path in c.files:
                 _add(by_file, path, c.sample)
-    return [Unit(path, tuple(samples), unit_dir(config, samples[0], path),
-                 _num_jets(path, config.jets_name))
-            for path, samples in sorted(by_file.items())]
+    parts = parts_per_file(len(by_file), workers or default_workers(len(by_file)))
+    units = []
+    for path, samples in sorted(by_file.items()):
+        whole = unit_dir(config, samples[0], path)
+        num, ranges = row_parts(config, path, parts)
+        if len(ranges) <= 1 or num < parts * min_part_jets:
+            units.append(Unit(path, tuple(samples), whole, num))
+            continue
+        units += [Unit(path, tuple(samples), part_dir(whole, r), r[1] - r[0], r) for r in ranges]
+    return units
 
 
 def unit_dir(config: Config, sample: str, path: Path) -> Path:
@@ -106,6 +155,12 @@ def unit_dir(config: Config, sample: str, path: Path) -> Path:
     except ValueError:
         rel = Path(Path(path).name)
     return config.global_.components_dir / sample / rel.with_suffix("")
+
+
+def part_dir(whole: Path, rows: tuple[int, int]) -> Path:
+    """The directory of rows ``[start, stop)`` of the input whose whole-file directory is
+    ``whole``: ``<whole>.rows-<start>-<stop>``."""
+    return whole.with_name(f"{whole.name}.rows-{rows[0]}-{rows[1]}")
 
 
 def _add(by_file: dict[Path, list[str]], path: Path, sample: str) -> None:
@@ -152,29 +207,26 @@ def _assign_files(config: Config, containers: list[Container], files: Sequence[P
     return by_file
 
 
-def _num_jets(path: Path, jets_name: str) -> int:
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f[jets_name].shape[0]) if jets_name in f else 0
-    except OSError:
-        return 0  # reported properly by the worker
-
-
 def is_complete(unit: Unit, config: Config) -> SplitRecord | None:
     """The unit's record if its outputs are complete and still match input and config."""
-    rec = read_record(unit.out_dir)
-    if rec is None:
+    return _complete_record(unit.out_dir, unit.path, unit.samples, config, unit.rows)
+
+
+def _complete_record(out_dir: Path, path: Path, samples: Sequence[str], config: Config,
+                     rows: tuple[int, int] | None) -> SplitRecord | None:
+    rec = read_record(out_dir)
+    if rec is None or rec.rows != rows:
         return None
-    stat = unit.path.stat()
+    stat = path.stat()
     if (rec.split_hash != split_hash(config) or rec.input_size != stat.st_size
             or rec.input_mtime_ns != stat.st_mtime_ns):
         return None
-    expected = {o.name: o.filename for o in declared_outputs(config, unit.samples)}
+    expected = {o.name: o.filename for o in declared_outputs(config, samples)}
     if set(rec.outputs) != set(expected):
         return None
     for name, filename in expected.items():
         try:
-            with h5py.File(unit.out_dir / filename, "r") as f:
+            with h5py.File(out_dir / filename, "r") as f:
                 if f[config.jets_name].shape[0] != rec.outputs[name]:
                     return None
         except (OSError, KeyError):
@@ -203,7 +255,7 @@ def _run_unit(config: Config, unit: Unit, progress: Callable[[int], None] | None
     staging = unit.out_dir.with_name(f".{unit.out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        record = split_file(config, unit.path, staging, unit.samples, progress)
+        record = split_file(config, unit.path, staging, unit.samples, progress, unit.rows)
         shutil.rmtree(unit.out_dir, ignore_errors=True)
         staging.replace(unit.out_dir)
     finally:
@@ -220,19 +272,81 @@ def _clean_stale(root: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class SplitPlan:
+    """What a split run does: units to split, records of complete units it keeps, and
+    directories of the same inputs it removes (cut differently, incomplete or outdated)."""
+
+    todo: tuple[Unit, ...]
+    done: tuple[SplitRecord, ...]
+    stale: tuple[Path, ...]
+
+
 def pending_units(config: Config, container: str | None = None,
-                  files: Sequence[Path] | None = None, overwrite: bool = False
-                  ) -> tuple[list[Unit], list[SplitRecord]]:
-    """``(units to split, records of complete units)``: what a run would do and skip."""
-    done: list[SplitRecord] = []
+                  files: Sequence[Path] | None = None, overwrite: bool = False,
+                  workers: int | None = None, min_part_jets: int = MIN_PART_JETS) -> SplitPlan:
+    """What a run would split, keep and remove (nothing is changed here)."""
     todo: list[Unit] = []
-    for unit in plan_units(config, container, files):
-        rec = None if overwrite else is_complete(unit, config)
+    done: list[SplitRecord] = []
+    stale: list[Path] = []
+    by_file: dict[Path, list[Unit]] = {}
+    for unit in plan_units(config, container, files, workers, min_part_jets):
+        by_file.setdefault(unit.path, []).append(unit)
+    for units in by_file.values():
+        kept, redo = ([], units) if overwrite else _reusable(config, units)
+        keep = {d for d, _ in kept} | {u.out_dir for u in redo}
+        done += [rec for _, rec in kept]
+        todo += redo
+        stale += [d for d, _ in _input_dirs(units[0]) if d not in keep]
+    return SplitPlan(tuple(todo), tuple(done), tuple(stale))
+
+
+def _input_dirs(unit: Unit) -> list[tuple[Path, tuple[int, int] | None]]:
+    """Every existing output directory of ``unit``'s input with its row range (None: the
+    whole file)."""
+    whole = unit.out_dir if unit.rows is None else unit.out_dir.with_name(
+        unit.out_dir.name.removesuffix(f".rows-{unit.rows[0]}-{unit.rows[1]}"))
+    if not whole.parent.is_dir():
+        return []
+    found: list[tuple[Path, tuple[int, int] | None]] = []
+    prefix = f"{whole.name}.rows-"
+    for d in sorted(whole.parent.iterdir()):
+        if d.name == whole.name and d.is_dir():
+            found.append((d, None))
+        elif d.name.startswith(prefix) and d.is_dir():
+            start, _, stop = d.name[len(prefix):].partition("-")
+            if start.isdigit() and stop.isdigit():
+                found.append((d, (int(start), int(stop))))
+    return found
+
+
+def _reusable(config: Config, units: list[Unit]
+              ) -> tuple[list[tuple[Path, SplitRecord]], list[Unit]]:
+    """``([(dir, record)] kept, units to split)`` for one input's planned ``units``.
+
+    Complete planned units are kept and the others redone; but when the planned units are not
+    all complete and complete outputs of an earlier run cut differently (another number of
+    workers) cover the whole file exactly, those are kept and nothing is redone.
+    """
+    planned = [(u, is_complete(u, config)) for u in units]
+    if all(rec is not None for _, rec in planned):
+        return [(u.out_dir, rec) for u, rec in planned], []
+    first, num = units[0], sum(u.num_jets for u in units)
+    found = []
+    for d, rows in _input_dirs(first):
+        rec = _complete_record(d, first.path, first.samples, config, rows)
         if rec is not None:
-            done.append(rec)
-        else:
-            todo.append(unit)
-    return todo, done
+            found.append((rows or (0, num), d, rec))
+    tiling: list[tuple[Path, SplitRecord]] = []
+    pos = 0
+    for (start, stop), d, rec in sorted(found, key=lambda f: (f[0][0], -f[0][1])):
+        if start == pos and stop > pos:
+            tiling.append((d, rec))
+            pos = stop
+    if num > 0 and pos == num:
+        return tiling, []
+    return ([(u.out_dir, rec) for u, rec in planned if rec is not None],
+            [u for u, rec in planned if rec is None])
 
 
 def default_workers(num_units: int) -> int:
@@ -247,7 +361,8 @@ def default_workers(num_units: int) -> int:
 def run_split(config: Config, container: str | None = None,
               files: Sequence[Path] | None = None, workers: int | None = None,
               overwrite: bool = False, progress: Callable[[int], None] | None = None,
-              total: Callable[[int], None] | None = None) -> SplitSummary:
+              total: Callable[[int], None] | None = None,
+              min_part_jets: int = MIN_PART_JETS) -> SplitSummary:
     """Split all (or some) inputs; failures of one input do not affect the others.
 
     Complete units (record matching input and config, every output present with its count)
@@ -255,15 +370,22 @@ def run_split(config: Config, container: str | None = None,
     process (for a progress bar); ``progress`` with the jets done as they are done.
     """
     _clean_stale(config.global_.components_dir)
-    todo, done = pending_units(config, container, files, overwrite)
-    if done:
-        log.info("%d of %d inputs already split (use --overwrite to redo)", len(done),
-                 len(done) + len(todo))
+    plan = pending_units(config, container, files, overwrite, workers, min_part_jets)
+    for d in plan.stale:
+        log.info("removing %s: replaced by this run's split of the same input", d)
+        shutil.rmtree(d)
+    if plan.done:
+        units = len(plan.done) + len(plan.todo)
+        inputs = len({r.input for r in plan.done} | {str(u.path) for u in plan.todo})
+        what = "inputs" if units == inputs else f"parts of {inputs} inputs"
+        log.info("%d of %d %s already split (use --overwrite to redo)", len(plan.done), units,
+                 what)
     if total:
-        total(sum(u.num_jets for u in todo))
+        total(sum(u.num_jets for u in plan.todo))
+    todo = sorted(plan.todo, key=lambda u: -u.num_jets)  # largest first: balanced workers
     n_workers = min(workers, len(todo)) if workers else default_workers(len(todo))
     records, failures = _execute(config, todo, max(n_workers, 1), progress)
-    return SplitSummary(tuple(done + records), len(done), tuple(failures))
+    return SplitSummary(plan.done + tuple(records), len(plan.done), tuple(failures))
 
 
 def _execute(config: Config, todo: list[Unit], n_workers: int,
@@ -317,6 +439,32 @@ def _failure(unit: Unit, err: BaseException) -> str:
     return f"{unit.path}: {type(err).__name__}: {short_error(err)}"
 
 
+def check_inputs_whole(records: Sequence[SplitRecord]) -> None:
+    """Per input file, the units' row ranges tile the file and their jets read add up to it.
+
+    Raises
+    ------
+    BookkeepingError
+        Naming the input, if a range is missing, overlaps, or read another number of jets.
+    """
+    by_input: dict[str, list[SplitRecord]] = {}
+    for rec in records:
+        by_input.setdefault(rec.input, []).append(rec)
+    for name, recs in by_input.items():
+        if len(recs) == 1 and recs[0].rows is None:
+            continue
+        ranges = sorted(r.rows or (-1, -1) for r in recs)
+        pos = 0
+        for start, stop in ranges:
+            if start != pos:
+                raise BookkeepingError(f"{name}: split parts {ranges} do not tile the file "
+                                       f"(gap or overlap at row {pos})")
+            pos = stop
+        read = sum(r.jets_read for r in recs)
+        if read != pos:
+            raise BookkeepingError(f"{name}: split parts cover {pos} rows but read {read} jets")
+
+
 def expected_counts(records: Sequence[SplitRecord]) -> dict[str, dict[str, int]]:
     """``{split: {component: jets}}`` summed over split records."""
     out: dict[str, dict[str, int]] = {}
@@ -331,7 +479,8 @@ def expected_counts(records: Sequence[SplitRecord]) -> dict[str, dict[str, int]]
 def split_stage(config: Config, container: str | None = None,
                 files: Sequence[Path] | None = None, workers: int | None = None,
                 overwrite: bool = False, progress: Callable[[int], None] | None = None,
-                total: Callable[[int], None] | None = None) -> tuple[SplitSummary, Catalogue]:
+                total: Callable[[int], None] | None = None,
+                min_part_jets: int = MIN_PART_JETS) -> tuple[SplitSummary, Catalogue]:
     """Split, then write the catalogue checked against the split records.
 
     Raises
@@ -345,7 +494,8 @@ def split_stage(config: Config, container: str | None = None,
     if capped:
         log.warning("num_jets caps are not applied when reweighting (as in UPP): all jets of "
                     "%s are kept", ", ".join(capped))
-    summary = run_split(config, container, files, workers, overwrite, progress, total)
+    summary = run_split(config, container, files, workers, overwrite, progress, total,
+                        min_part_jets)
     if summary.failures:
         n = len(summary.failures)
         if n == 1:
@@ -354,6 +504,7 @@ def split_stage(config: Config, container: str | None = None,
             log.error("upp-grid: error: %s", failure)
         raise UppGridError(f"{n} of {n + len(summary.records)} inputs failed (listed above); "
                            "the others are complete and will be skipped on a rerun")
+    check_inputs_whole(summary.records)
     full_run = container is None and files is None
     cat = write_catalogue(config, expected_counts(summary.records) if full_run else None)
     return summary, cat
