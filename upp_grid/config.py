@@ -43,8 +43,12 @@ from typing import Any
 
 import numpy as np
 from ftag.cuts import OPERATORS, Cuts
-from ftag.flavours import Extended_Flavours, Flavours
 from ftag.labels import Label
+
+from upp_grid.lazy_ftag import libyaml_safe_load
+
+with libyaml_safe_load():  # ftag.flavours parses its YAML at import time
+    from ftag.flavours import Extended_Flavours, Flavours
 
 from upp_grid.errors import ConfigError
 from upp_grid.yamlload import SourcedDict, SourcedList, load_yaml, to_plain

@@ -55,7 +55,7 @@ def intermediate_codec(name: str | None = None) -> Mapping[str, Any]:
     if name in ("blosc-lz4", "blosc-lz4-shuffle"):
         blosc = hdf5plugin.Blosc
         shuffle = blosc.SHUFFLE if name.endswith("shuffle") else blosc.NOSHUFFLE
-        return dict(blosc(cname="lz4", clevel=4, shuffle=shuffle))
+        return dict(blosc(cname="lz4", clevel=1, shuffle=shuffle))  # see the module docstring
     if name == "lzf":
         return {"compression": "lzf", "shuffle": True}
     if name == "none":

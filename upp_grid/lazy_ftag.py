@@ -18,8 +18,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
+
+import yaml
 
 _lock = threading.RLock()
 
@@ -53,6 +57,24 @@ def install() -> None:
 
     module.__getattr__ = __getattr__  # type: ignore[method-assign]
     sys.modules["ftag"] = module
+
+
+@contextmanager
+def libyaml_safe_load() -> Iterator[None]:
+    """Within the block, ``yaml.safe_load`` parses with libyaml's ``CSafeLoader`` (same
+    results, ~10x faster) when PyYAML has it.
+
+    For importing ``ftag.flavours``, which parses its 457-line ``flavours.yaml`` twice with the
+    pure-Python loader at import time (80 ms of every command's start-up).
+    """
+    loader = getattr(yaml, "CSafeLoader", None)
+    original = yaml.safe_load
+    if loader is not None:
+        yaml.safe_load = lambda stream: yaml.load(stream, Loader=loader)
+    try:
+        yield
+    finally:
+        yaml.safe_load = original
 
 
 def is_fully_loaded(module: ModuleType) -> bool:

@@ -41,6 +41,7 @@ from upp_grid.h5io import short_error
 from upp_grid.inputs import Container, container_files, find_containers
 from upp_grid.stages.catalogue import Catalogue, write_catalogue
 from upp_grid.stages.split import (
+    BufferPool,
     SplitRecord,
     declared_outputs,
     read_record,
@@ -235,11 +236,13 @@ def _complete_record(out_dir: Path, path: Path, samples: Sequence[str], config: 
 
 
 _worker_queue: mp.queues.Queue | None = None  # set in each pool worker by _init_worker
+_worker_buffers: BufferPool | None = None  # likewise: reused by the units a worker splits
 
 
 def _init_worker(q: mp.queues.Queue) -> None:
-    global _worker_queue  # one per worker process, set once at its start
+    global _worker_queue, _worker_buffers  # one per worker process, set once at its start
     _worker_queue = q
+    _worker_buffers = BufferPool()
 
 
 def _report_to_parent(n: int) -> None:
@@ -248,14 +251,16 @@ def _report_to_parent(n: int) -> None:
 
 
 def _run_unit_in_worker(config: Config, unit: Unit) -> SplitRecord:
-    return _run_unit(config, unit, _report_to_parent)
+    return _run_unit(config, unit, _report_to_parent, _worker_buffers)
 
 
-def _run_unit(config: Config, unit: Unit, progress: Callable[[int], None] | None) -> SplitRecord:
+def _run_unit(config: Config, unit: Unit, progress: Callable[[int], None] | None,
+              buffers: BufferPool | None = None) -> SplitRecord:
     staging = unit.out_dir.with_name(f".{unit.out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        record = split_file(config, unit.path, staging, unit.samples, progress, unit.rows)
+        record = split_file(config, unit.path, staging, unit.samples, progress, unit.rows,
+                            buffers)
         shutil.rmtree(unit.out_dir, ignore_errors=True)
         staging.replace(unit.out_dir)
     finally:
@@ -393,9 +398,10 @@ def _execute(config: Config, todo: list[Unit], n_workers: int,
     records: list[SplitRecord] = []
     failures: list[str] = []
     if n_workers <= 1 or len(todo) <= 1:
+        buffers = BufferPool()
         for unit in todo:
             try:
-                records.append(_run_unit(config, unit, progress))
+                records.append(_run_unit(config, unit, progress, buffers))
             except Exception as err:  # one input's failure spares the others
                 failures.append(_failure(unit, err))
         return records, failures
