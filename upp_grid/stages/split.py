@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "split-record.json"
 SPLIT_FORMAT = 2  # bump when the content of split outputs changes: old units are redone
 FLAVOUR_DTYPE = np.dtype("i4")
-BATCH_BYTES = 64 * 2**20  # per group and batch: bounds memory whatever the batch_size
+BATCH_BYTES = 48 * 2**20  # per group and batch: bounds memory whatever the batch_size
 CHUNK_BYTES = 256 * 2**10  # uncompressed bytes per output chunk (small: less buffering)
 Progress = Callable[[int], None]
 
