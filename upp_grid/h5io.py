@@ -72,10 +72,16 @@ def final_codec(name: str) -> Mapping[str, Any]:
     return {}
 
 
-def open_input(path: Path) -> h5py.File:
-    """Open an input file read-only; an unreadable/truncated file raises one-line InputError."""
+def open_input(path: Path, chunk_cache: bool = True) -> h5py.File:
+    """Open an input file read-only; an unreadable/truncated file raises one-line InputError.
+
+    ``chunk_cache=False`` is for reads of whole chunks in order (the split's batches): without
+    a chunk cache HDF5 reads uncompressed chunks straight into the caller's buffer instead of
+    into its cache and then copying (the split's reads took 0.12 s instead of 0.2-0.35 s per
+    333k-jet file).
+    """
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", rdcc_nbytes=0) if not chunk_cache else h5py.File(path, "r")
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                          f"{short_error(err)}") from None
@@ -209,7 +215,7 @@ class AtomicH5Writer:
         pending = self._pending_rows[name]
         if pending:
             take = min(chunk - pending, n)
-            self._pending[name][pending:pending + take] = rows[:take]
+            copy_rows(self._pending[name][pending:pending + take], rows[:take])
             pending += take
             done = take
             if pending == chunk:
@@ -222,7 +228,7 @@ class AtomicH5Writer:
         if done < n:
             if name not in self._pending:
                 self._pending[name] = np.empty((chunk, *ds.shape[1:]), dtype=ds.dtype)
-            self._pending[name][:n - done] = rows[done:]
+            copy_rows(self._pending[name][:n - done], rows[done:])
             pending = n - done
         self._pending_rows[name] = pending
         self.counts[name] += n
@@ -283,6 +289,20 @@ class AtomicH5Writer:
             raise BookkeepingError(f"{self.path}: writer closed without commit")
 
 
+def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` for arrays of one structured dtype, as one memcpy.
+
+    numpy assigns structured arrays field by field even when the dtypes are equal; copying the
+    bytes is the same result, several times faster. Falls back to numpy for non-contiguous or
+    differently typed arrays.
+    """
+    if (dst.dtype == src.dtype and dst.shape == src.shape and dst.flags.c_contiguous
+            and src.flags.c_contiguous):
+        np.copyto(dst.reshape(-1).view(np.uint8), src.reshape(-1).view(np.uint8))
+    else:
+        dst[...] = src
+
+
 def pack(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Copy the fields of ``dtype`` from structured ``rows`` into a packed array of ``dtype``."""
     out = np.empty(rows.shape, dtype=dtype)
@@ -319,7 +339,7 @@ class FieldPacker:
     def pack(self, src: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Copy the shared fields of C-contiguous ``src`` into C-contiguous ``out``."""
         if self.identity:
-            out[...] = src
+            copy_rows(out, src)
             return out
         n = src.size
         for soff, doff, length in self.runs:

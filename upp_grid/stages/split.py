@@ -273,7 +273,7 @@ def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str]
     record = SplitRecord(str(path), 0, input_size=stat.st_size,
                          input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config),
                          rows=None if rows is None else (int(rows[0]), int(rows[1])))
-    with open_input(path) as f:
+    with open_input(path, chunk_cache=False) as f:
         try:
             _split_open_file(config, f, path, out_dir, outputs, record, progress,
                              buffers or BufferPool())
