@@ -597,13 +597,16 @@ def test_fewer_files_than_workers_are_cut_into_row_ranges_with_identical_content
 
     components = config.global_.components_dir
     parts = part_dirs(components)
-    assert len(parts) == 6 and len(summary.records) == 6  # 3 files x 2 halves, 3 per core
-    assert not [d for d in records(components) if ".rows-" not in d.name]
+    # 3 files on 2 cores: 2 whole files and the halves of the third, 1.5 files per core
+    assert len(parts) == 2 and len(summary.records) == 4
+    assert parts[0].name.rsplit(".rows-", 1)[0] == parts[1].name.rsplit(".rows-", 1)[0]
+    assert len([d for d in records(components) if ".rows-" not in d.name]) == 2
     for rec in summary.by_input():
         with h5py.File(rec.input) as f:
             assert rec.jets_read == len(f["jets"]) == sum(rec.outputs.values()) + \
                 rec.no_component
-    for d, rec in records(components).items():
+    for d in parts:
+        rec = records(components)[d]
         start, stop = map(int, d.name.rsplit(".rows-", 1)[1].split("-"))
         assert rec["rows"] == [start, stop] and rec["jets_read"] == stop - start
     a, b = joined_outputs(components), joined_outputs(whole.global_.components_dir)
@@ -614,7 +617,7 @@ def test_fewer_files_than_workers_are_cut_into_row_ranges_with_identical_content
             np.testing.assert_array_equal(arr, b[key][group], err_msg=f"{key} {group}")
     assert cat.num_jets == whole_cat.num_jets
     listed = [f for split in SPLITS for files in cat.files[split].values() for f in files]
-    assert len(listed) == len(set(listed)) == 6 * 3 * 4  # each part: 3 splits x 4 flavours
+    assert len(listed) == len(set(listed)) == 4 * 3 * 4  # each unit: 3 splits x 4 flavours
 
 
 def test_a_rerun_with_other_workers_keeps_the_complete_parts(tmp_path, split_ntuples):
@@ -624,11 +627,11 @@ def test_a_rerun_with_other_workers_keeps_the_complete_parts(tmp_path, split_ntu
 
     summary, again = split_stage(config, workers=1, min_part_jets=1_000)
 
-    assert summary.skipped == 6 and len(summary.by_input()) == 3
+    assert summary.skipped == 4 and len(summary.by_input()) == 3
     catalogue = components / "organised-components.yaml"
     assert {p: p.stat().st_mtime_ns for p in components.rglob("*.h5")} == stamps
     assert catalogue.exists() and again.num_jets == cat.num_jets
-    assert len(part_dirs(components)) == 6
+    assert len(part_dirs(components)) == 2
 
 
 def test_overwrite_with_one_worker_replaces_the_parts_by_whole_files(tmp_path, split_ntuples):
@@ -654,10 +657,25 @@ def test_a_part_with_a_missing_record_is_redone_alone(tmp_path, split_ntuples):
 
     summary, _ = split_stage(config, workers=2, min_part_jets=1_000)
 
-    assert summary.skipped == 5
+    assert summary.skipped == 3
     assert {p for p, t in stamps.items() if p.stat().st_mtime_ns != t} == set()
     assert (damaged / RECORD_NAME).exists()
     assert_same_outputs(components, reference)
+
+
+@pytest.mark.parametrize(("jets", "workers", "parts"), [
+    ([300, 300, 200], 2, [1, 1, 2]),  # the smallest file is halved: 1.5 files per worker
+    ([300, 300], 2, [1, 1]),
+    ([300], 2, [2]),
+    ([500, 500, 500, 500, 500], 4, [4, 1, 1, 1, 1]),
+    ([300] * 8, 2, [1] * 8),  # 4 files per worker: whole files balance well enough
+    ([300, 300, 150], 2, [1, 1, 1]),  # halves would be under min_part_jets
+    ([300, 300, 300], 1, [1, 1, 1]),
+])
+def test_parts_per_file_shares_the_files_out_evenly(jets, workers, parts):
+    from upp_grid.stages.split_local import parts_per_file
+
+    assert parts_per_file(jets, workers, min_part_jets=100) == parts
 
 
 def test_parts_that_do_not_tile_their_input_are_a_bookkeeping_error():

@@ -347,12 +347,9 @@ def _batch_rows(config: Config, dsets: list[h5py.Dataset]) -> int:
     return aligned_batch_size(dsets, config.global_.batch_size, BATCH_BYTES)[0]
 
 
-def row_parts(config: Config, path: Path, parts: int) -> tuple[int, list[tuple[int, int]]]:
-    """``(jets, ranges)``: ``parts`` row ranges ``[start, stop)`` that tile the input exactly,
-    as equal as the chunk alignment allows (every part still reads whole chunks). Fewer ranges
-    when the file has fewer chunks; ``(0, [])`` when the file cannot be read (the split of it
-    reports why).
-    """
+def input_rows(config: Config, path: Path) -> tuple[int, int]:
+    """``(jets, alignment)`` of an input: its jets and the row multiple that keeps every batch
+    read on whole chunks; ``(0, 1)`` when the file cannot be read (its split reports why)."""
     try:
         with open_input(path) as f:
             dsets = {g: dataset(f, g) for g in config.variables}
@@ -360,10 +357,16 @@ def row_parts(config: Config, path: Path, parts: int) -> tuple[int, list[tuple[i
             _, align = aligned_batch_size(list(dsets.values()), config.global_.batch_size,
                                           BATCH_BYTES)
     except (InputError, OSError, KeyError, RuntimeError, ValueError):
-        return 0, []
+        return 0, 1
+    return num, align
+
+
+def row_parts(num: int, align: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` row ranges ``[start, stop)`` that tile ``range(num)`` exactly, as equal as
+    cuts on multiples of ``align`` allow (fewer when there are fewer such blocks)."""
     blocks = -(-num // align)
     cuts = sorted({min(num, round(k * blocks / parts) * align) for k in range(parts + 1)})
-    return num, [(a, b) for a, b in pairwise(cuts) if b > a] or [(0, 0)]
+    return [(a, b) for a, b in pairwise(cuts) if b > a] or [(0, num)]
 
 
 def _plan_group(config: Config, path: Path, g: str, ds: h5py.Dataset, rows: int,

@@ -2,9 +2,10 @@
 
 Each input file is split as one *unit* with its own directory (:func:`unit_dir`)
 ``<components_dir>/<sample>/<container>/<file name without .h5>/``, the shape a grid download
-has too. When there are fewer than 4 files per worker, each file is cut into a few row ranges
-(:func:`parts_per_file`) so that no core idles through a last round: 3 files on 2 cores make 6
-half-file units, 3 per core. A part's directory is the file's with ``.rows-<start>-<stop>``
+has too. When there are fewer than 4 files per worker and they do not share out evenly, the
+remainder files are cut into row ranges (:func:`parts_per_file`) so that no core idles through
+a last round: 3 files on 2 cores make 2 whole-file units and 2 half-file units, 1.5 files per
+core. A part's directory is the file's with ``.rows-<start>-<stop>``
 appended; it holds the same fixed output names, and the catalogue reads it like any other.
 A unit is written into a hidden staging directory and renamed into place once complete, with its
 completion record (``split-record.json``, holding the counts and the row range) inside.
@@ -22,7 +23,6 @@ add up to its jets: checked before the catalogue is written.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import multiprocessing.queues
 import os
@@ -44,6 +44,7 @@ from upp_grid.stages.split import (
     BufferPool,
     SplitRecord,
     declared_outputs,
+    input_rows,
     read_record,
     row_parts,
     split_file,
@@ -88,24 +89,32 @@ class SplitSummary:
         return list(out.values())
 
 
-def parts_per_file(num_files: int, workers: int) -> int:
-    """Row ranges per input file so that every worker gets the same number of units.
+def parts_per_file(jets: Sequence[int], workers: int, min_part_jets: int = MIN_PART_JETS
+                   ) -> list[int]:
+    """Row ranges per input file (``jets`` per file) so that ``workers`` finish together.
 
-    With at least :data:`FILES_PER_WORKER` files per worker, whole files (1). Otherwise
-    ``workers / gcd(files, workers)``: 3 files on 2 workers → 2 parts each, 6 units, 3 per
-    worker; 4 files on 2 workers → 1.
+    With at least :data:`FILES_PER_WORKER` files per worker, or a multiple of ``workers``
+    files, every file stays whole. Otherwise the ``files % workers`` smallest files are cut
+    into ``workers`` parts each (when each part keeps at least ``min_part_jets``), so the
+    largest-first schedule gives every worker the same share: 3 files on 2 workers → 2 whole
+    files and 2 halves, 1.5 files per worker; 1 file → 2 halves.
     """
-    if workers <= 1 or num_files <= 0 or num_files >= FILES_PER_WORKER * workers:
-        return 1
-    return workers // math.gcd(num_files, workers)
+    n = len(jets)
+    parts = [1] * n
+    if workers <= 1 or n >= FILES_PER_WORKER * workers or n % workers == 0:
+        return parts
+    for i in sorted(range(n), key=lambda i: jets[i])[:n % workers]:
+        if jets[i] >= workers * min_part_jets:
+            parts[i] = workers
+    return parts
 
 
 def plan_units(config: Config, container: str | None = None,
                files: Sequence[Path] | None = None, workers: int | None = None,
                min_part_jets: int = MIN_PART_JETS) -> list[Unit]:
-    """The units to split: all inputs, one container's, or given files, each file cut into
-    :func:`parts_per_file` row ranges for ``workers`` (default: the usable cores) when every
-    part keeps at least ``min_part_jets`` jets.
+    """The units to split: all inputs, one container's, or given files, some files cut into
+    row ranges (:func:`parts_per_file`) so that ``workers`` (default: the usable cores)
+    finish together.
 
     ``container`` is a pattern from the config (as written there) or a sample name. Files given
     with ``container`` are that container's (wherever they are, as on a grid worker node);
@@ -132,15 +141,19 @@ def plan_units(config: Config, container: str | None = None,
         for c in containers:
             for path in c.files:
                 _add(by_file, path, c.sample)
-    parts = parts_per_file(len(by_file), workers or default_workers(len(by_file)))
+    ordered = sorted(by_file.items())
+    sizes = [input_rows(config, path) for path, _ in ordered]
+    parts = parts_per_file([num for num, _ in sizes], workers or default_workers(len(ordered)),
+                           min_part_jets)
     units = []
-    for path, samples in sorted(by_file.items()):
+    for (path, samples), (num, align), p in zip(ordered, sizes, parts, strict=True):
         whole = unit_dir(config, samples[0], path)
-        num, ranges = row_parts(config, path, parts)
-        if len(ranges) <= 1 or num < parts * min_part_jets:
+        ranges = row_parts(num, align, p)
+        if len(ranges) <= 1:
             units.append(Unit(path, tuple(samples), whole, num))
-            continue
-        units += [Unit(path, tuple(samples), part_dir(whole, r), r[1] - r[0], r) for r in ranges]
+        else:
+            units += [Unit(path, tuple(samples), part_dir(whole, r), r[1] - r[0], r)
+                      for r in ranges]
     return units
 
 
