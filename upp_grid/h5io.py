@@ -199,7 +199,7 @@ class AtomicH5Writer:
                 chunk_rows = max(1, chunk_bytes // max(row_bytes, 1))
             self._datasets[name] = self.file.create_dataset(
                 name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                chunks=(chunk_rows, *shape), track_times=False, **codec,
+                chunks=(chunk_rows, *shape), track_times=False, fill_time="never", **codec,
             )
         for key, value in (attrs or {}).items():
             self.file.attrs[key] = value
