@@ -15,9 +15,13 @@ Mock ntuples (40 tracks per jet) are made once and cached under ``--workdir`` (t
      script does;
    * *read_direct*: the same slabs read with ``read_direct`` into one reused buffer: the
      fastest way h5py can move the bytes (no allocation, no page faults), shown as a floor;
-2. **split**: ``upp-grid split -c <demo config> --overwrite`` as a subprocess (default
-   workers), wall time from start to exit (interpreter start-up and imports included);
-3. optionally (``--codecs``) the split once per intermediate codec, with the output size.
+2. **split stage**: :func:`split_stage` (``--overwrite``, default workers) timed around the
+   call in a fresh process (``--measure`` mode), like the raw read, which is timed around the
+   reads with h5py already imported: the two measure the same kind of thing, and their ratio
+   is the target's;
+3. **split CLI**: ``upp-grid split -c <demo config> --overwrite`` as a subprocess, wall time
+   from start to exit (interpreter start-up, imports and exit included): what a user waits;
+4. optionally (``--codecs``) the split once per intermediate codec, with the output size.
 
 Peak RSS is reported two ways: the largest single process (the split or one of its workers,
 from ``os.wait4``: see bench/py), and the whole split process tree's memory (sum of PSS,
@@ -123,6 +127,25 @@ def best_split(config: Path, workers: int | None, repeat: int, codec: str | None
                max(r.tree_pss_mib for r in runs))
 
 
+def measure(config_path: Path, workers: int | None) -> dict:
+    """``--measure`` mode: one split stage of ``config_path`` (``--overwrite``), timed around
+    the call."""
+    from upp_grid.config import load_config
+    from upp_grid.stages.split_local import split_stage
+
+    config = load_config(config_path)
+    start = time.perf_counter()
+    split_stage(config, workers=workers, overwrite=True)
+    return {"stage_s": time.perf_counter() - start}
+
+
+def best_stage(config: Path, workers: int | None, repeat: int) -> float:
+    extra = ["--workers", str(workers)] if workers else []
+    runs = [common.measure_in_child(__file__, config, *extra)["stage_s"]
+            for _ in range(max(1, repeat))]
+    return min(runs)
+
+
 def startup_s(repeat: int) -> float:
     """Interpreter start-up plus the imports every split pays before reading anything."""
     code = "import upp_grid.cli, upp_grid.config, upp_grid.stages.split_local"
@@ -143,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="split --workers (default: the CLI's, min(files, cores))")
     parser.add_argument("--codecs", action="store_true",
                         help=f"also time the split with each codec of {INTERMEDIATE_CODECS}")
-    return common.run_bench(parser, argv, report)
+    return common.run_bench(parser, argv, report,
+                            measure=lambda args: measure(args.measure, args.workers))
 
 
 def report(args: argparse.Namespace, work: Path) -> None:
@@ -155,10 +179,11 @@ def report(args: argparse.Namespace, work: Path) -> None:
 
     raw_s, nbytes = best_raw_read(files, args.repeat)
     direct_s, _ = best_raw_read(files, args.repeat, direct=True)
+    stage_s = best_stage(config, args.workers, args.repeat)
     run = best_split(config, args.workers, args.repeat)
     start_s = startup_s(args.repeat)
     out_bytes = dir_bytes(base / "split-components")
-    ratio = run.wall_s / raw_s
+    ratio = stage_s / raw_s
     speedup = UPP_SPLIT_S / run.wall_s
 
     print(f"\nsplit benchmark: {args.jets:,} jets in {args.files} files, 40 tracks/jet, "
@@ -167,12 +192,14 @@ def report(args: argparse.Namespace, work: Path) -> None:
     rows = [
         ("raw read, plain h5py ds[a:b]", f"{raw_s:.2f} s", "", ""),
         ("raw read, h5py read_direct (floor)", f"{direct_s:.2f} s", "", ""),
+        ("split stage (timed around the call)", f"{stage_s:.2f} s", "", ""),
         ("upp-grid split (CLI wall)", f"{run.wall_s:.2f} s", "", ""),
         ("  of which start-up + imports", f"{start_s:.2f} s", "", ""),
         ("split CPU, all processes (user+sys)", f"{run.cpu_s:.2f} s", "", ""),
-        ("split / plain read", f"{ratio:.2f}", f"<= {TARGET_RATIO}",
+        ("split stage / plain read", f"{ratio:.2f}", f"<= {TARGET_RATIO}",
          common.ok(ratio <= TARGET_RATIO)),
-        ("split / read_direct", f"{run.wall_s / direct_s:.2f}", "", ""),
+        ("split stage / read_direct", f"{stage_s / direct_s:.2f}", "", ""),
+        ("split CLI wall / plain read", f"{run.wall_s / raw_s:.2f}", "", ""),
         ("UPP 0.3.3 split (reference, 1M jets)", f"{UPP_SPLIT_S:.1f} s", "", ""),
         ("speed-up vs UPP", f"{speedup:.1f}x", f">= {TARGET_SPEEDUP:.0f}x",
          common.ok(speedup >= TARGET_SPEEDUP)) if args.jets == common.UPP_JETS else
@@ -186,8 +213,8 @@ def report(args: argparse.Namespace, work: Path) -> None:
     print(common.table(("measure", "value", "target", "met"), rows))
     if args.smoke:
         print("(smoke run: the input is too small for the targets to mean anything)")
-    common.write_summary(args, f"split {run.wall_s:.2f} s = {ratio:.2f}x plain read "
-                               f"({run.wall_s / direct_s:.2f}x read_direct), "
+    common.write_summary(args, f"split stage {stage_s:.2f} s = {ratio:.2f}x plain read "
+                               f"({stage_s / direct_s:.2f}x read_direct), CLI {run.wall_s:.2f} s, "
                                f"peak RSS {run.max_rss_mib:.0f} MiB")
 
     if args.codecs:
