@@ -1,3 +1,3 @@
-from upp_grid.cli import main
+from upp_grid.entry import run
 
-main()
+run()
