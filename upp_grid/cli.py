@@ -142,7 +142,11 @@ def _run_weights(config, plots=True):
     from upp_grid.stages.weights import planned_jets, weights_stage
 
     with progress_bar(planned_jets(config), "weights") as advance:
-        return weights_stage(config, plots=plots, progress=advance)
+        _, pending = weights_stage(config, plots=plots, progress=advance)
+    with pending, progress_bar(pending.planned, "plots", unit="plots",
+                               enabled=pending.planned > 0) as advance:
+        pending.wait(progress=advance)
+    return pending.report
 
 
 @cli.command("merge")

@@ -1,23 +1,23 @@
 """HDF5 building blocks: chunk-aligned batch reads, an atomic writer with exact counts.
 
 Intermediate files (split components) are lossless and full precision, compressed with Blosc
-LZ4 *without* shuffle (``hdf5plugin``, already a dependency of atlas-ftag-tools). Measured with
-``bench/bench_split.py --codecs`` on 1M mock jets (3 files, 40 tracks/jet, 2.24 GB in, 2 cores),
-same split each time:
+LZ4 (compression level 1) *without* shuffle (``hdf5plugin``, already a dependency of
+atlas-ftag-tools). Measured with ``bench/bench_split.py --codecs`` on 1M mock jets (3 files,
+40 tracks/jet, 2.24 GB in, 2 cores, quiet machine), same split each time (CLI wall):
 
-=================  ============  ========  =========================================
-codec              split wall    on disk   note
-=================  ============  ========  =========================================
-blosc-lz4          2.9 - 3.2 s   0.27 GB   chosen: as fast as any, smallest
-blosc-lz4-shuffle  3.0 - 3.1 s   0.36 GB   byte-shuffle of 33/54-byte records hurts
-lzf                5.5 - 9.7 s   0.32 GB   2-3x slower to write
-none               2.6 - 3.8 s   0.96 GB   3.5x more bytes to write and to re-read
-=================  ============  ========  =========================================
+=================  ==========  ========  =============================================
+codec              split wall  on disk   note
+=================  ==========  ========  =============================================
+blosc-lz4          1.38 s      0.27 GB   chosen: fastest and smallest
+blosc-lz4-shuffle  1.72 s      0.37 GB   byte-shuffle of 33/54-byte records hurts
+lzf                3.75 s      0.32 GB   2.7x slower to write
+none               1.71 s      0.95 GB   3.5x more bytes to write and to re-read
+=================  ==========  ========  =============================================
 
-(Ranges: two runs on a shared 2-core machine; the wall times of blosc-lz4 and none overlap
-within that noise. Per dataset, in isolation, Blosc LZ4 writes the packed track rows at
-~1.8 GB/s against ~1.3 GB/s uncompressed and reads them back at ~3.5 GB/s, 4.7x smaller;
-shuffled, ~0.7 GB/s and 3.0x.) gzip would cost several times the split's whole read time.
+Level 1 (LZ4's highest acceleration in Blosc) cost 20 % less CPU per split unit than level 4
+for the same size on disk. Per dataset, in isolation, Blosc LZ4 writes the packed track rows at
+~2.2 GB/s against ~1.7 GB/s uncompressed (HDF5's write path is the bound, not LZ4).
+gzip would cost several times the split's whole read time.
 Final outputs use gzip by default because that is what Salt users and their tools expect.
 Reading any file written here needs ``import hdf5plugin`` first, which this module does.
 """

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.process_support import run_in_session
 from upp_grid.config import SPLITS
 from upp_grid.mock import make_mock
 
@@ -60,16 +61,40 @@ def assert_complete(out: Path, catalogue: Path) -> None:
 
 
 def test_upp_integration_config_runs_end_to_end(integration: Path) -> None:
-    run = cli("run", "-c", "upp-rw-integration.yaml", cwd=integration)
+    run, left = run_in_session("run", "-c", "upp-rw-integration.yaml", cwd=integration)
     assert run.returncode == 0, run.stderr
-    assert_complete(integration / "test_out",
-                    integration / "split-components" / "organised-components.yaml")
-    for stage in ("split", "weights", "merge", "norm", "total"):
+    assert left == []  # the plotting process and its helpers have ended
+    out = integration / "test_out"
+    assert_complete(out, integration / "split-components" / "organised-components.yaml")
+    for stage in ("split", "weights", "merge", "norm", "plots (wait)", "total"):
         assert stage in run.stdout.split("time per stage")[1]
+    report = yaml.safe_load((out / "weights-report.yaml").read_text())
+    plots = sorted(p for p in (out / "plots").rglob("*") if p.is_file())
+    assert len(plots) == 26  # 6 jets reweights x 4 figures, 1 tracks reweight x 2
+    assert sorted(Path(p) for p in report["plots"]) == [p.resolve() for p in plots]
+    assert report["timings"]["plots_s"] > 0 and report["timings"]["plots_wait_s"] >= 0
+    assert f"wrote 26 plots to {(out / 'plots').resolve()}" in run.stderr
     with h5py.File(integration / "test_out" / "pp_output_train_vds.h5", "r") as f:
         names = f["jets"].dtype.names
         assert sum(n.startswith("weight_jets_pt_eta_target_") for n in names) == 6
         assert "weight_tracks_deta_target_mean_leptonID" in f["tracks"].dtype.names
+
+
+def test_a_plotting_failure_is_one_warning_line_and_the_chain_completes(
+        integration: Path) -> None:
+    out = integration / "test_out"
+    out.mkdir()
+    (out / "plots").write_text("a file where the plots directory should be")
+    run, left = run_in_session("run", "-c", "upp-rw-integration.yaml", cwd=integration)
+    assert run.returncode == 0, run.stderr
+    assert left == []
+    lines = [line for line in run.stderr.splitlines() if "not written" in line]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"plots: 26 of 26 not written; {(out / 'plots').resolve()}/")
+    assert "Traceback" not in run.stderr
+    assert_complete(out, integration / "split-components" / "organised-components.yaml")
+    report = yaml.safe_load((out / "weights-report.yaml").read_text())
+    assert report["plots"] == [] and len(report["reweights"]) == 7
 
 
 def test_a_rerun_after_a_crash_finishes_the_job(integration: Path) -> None:

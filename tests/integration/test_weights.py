@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 import yaml
 
 import upp_grid.h5io  # noqa: F401 — registers the Blosc filter of the split outputs
+from tests.process_support import children, group_alive, run_in_session
 from upp_grid.config import Config, Reweight, load_config
 from upp_grid.errors import UppGridError
 from upp_grid.mock import make_mock
@@ -27,10 +30,12 @@ from upp_grid.stages import plots
 from upp_grid.stages.catalogue import read_catalogue
 from upp_grid.stages.split_local import split_stage
 from upp_grid.stages.weights import (
+    compute_histograms,
     compute_weights,
     flat_bins,
     histograms_path,
     load_histograms,
+    report_path,
     sample_jets,
     weights_stage,
 )
@@ -127,7 +132,7 @@ TARGETS = {
 def test_each_target_matches_an_independent_histogramdd(split_demo: Path, target: Any):
     config = write_config(split_demo, f"target-{target}",
                           [jets_reweight(list(target) if isinstance(target, tuple) else target)])
-    report = weights_stage(config, plots=False)
+    report, _ = weights_stage(config, plots=False)
     h = load_histograms(histograms_path(config))[config.reweighting.reweights[0].name]
 
     hists = expected_hists(h.reweight, jets_by_label(config))
@@ -143,7 +148,7 @@ def test_each_target_matches_an_independent_histogramdd(split_demo: Path, target
 
 def test_every_train_jet_is_used_when_the_estimate_covers_the_classes(split_demo: Path):
     config = write_config(split_demo, "all-jets", [jets_reweight()])
-    report = weights_stage(config, plots=False)
+    report, _ = weights_stage(config, plots=False)
     cat = read_catalogue(config)
     for flavour in FLAVOURS:
         assert sum(f.jets for f in report.sample[flavour]) == cat.num_jets["train"][flavour]
@@ -153,7 +158,7 @@ def test_every_train_jet_is_used_when_the_estimate_covers_the_classes(split_demo
 def test_a_bin_where_any_class_is_empty_is_zero_for_all_and_its_entries_are_counted(
         split_demo: Path):
     config = write_config(split_demo, "empty-bins", [jets_reweight()])
-    report = weights_stage(config, plots=False).reweights[0]
+    report = weights_stage(config, plots=False)[0].reweights[0]
     h = next(iter(load_histograms(histograms_path(config)).values()))
 
     counts = np.stack([h.hists[c] for c in h.classes])
@@ -173,7 +178,7 @@ def test_a_bin_where_any_class_is_empty_is_zero_for_all_and_its_entries_are_coun
 # ----------------------------------------------------------------------------- tracks
 def test_track_reweight_histograms_valid_tracks_per_lepton_id(split_demo: Path):
     config = write_config(split_demo, "tracks", [TRACKS_RW])
-    report = weights_stage(config, plots=False)
+    report, _ = weights_stage(config, plots=False)
     h = next(iter(load_histograms(histograms_path(config)).values()))
 
     tracks = np.concatenate([train_rows(config, fl, "tracks") for fl in FLAVOURS])
@@ -216,7 +221,7 @@ def test_without_overflow_jets_outside_the_range_get_weight_zero_and_are_counted
         split_demo: Path):
     config = write_config(split_demo, "no-overflow",
                           [jets_reweight(bins=NARROW, add_overflow=False)])
-    report = weights_stage(config, plots=False).reweights[0]
+    report = weights_stage(config, plots=False)[0].reweights[0]
     h = next(iter(load_histograms(histograms_path(config)).values()))
 
     for label, jets in jets_by_label(config).items():
@@ -235,7 +240,7 @@ def test_without_overflow_jets_outside_the_range_get_weight_zero_and_are_counted
 
 def test_with_overflow_every_jet_has_a_bin(split_demo: Path):
     config = write_config(split_demo, "overflow", [jets_reweight(bins=NARROW)])
-    report = weights_stage(config, plots=False).reweights[0]
+    report = weights_stage(config, plots=False)[0].reweights[0]
     h = next(iter(load_histograms(histograms_path(config)).values()))
     assert all(c.out_of_range == 0 for c in report.classes)
     jets = jets_by_label(config)
@@ -248,7 +253,7 @@ def test_with_overflow_every_jet_has_a_bin(split_demo: Path):
 # ----------------------------------------------------------------------------- the sample
 def test_a_small_estimate_samples_uniformly_from_every_file_of_each_flavour(split_demo: Path):
     config = write_config(split_demo, "sampled", [jets_reweight()], estimate=300, seed=11)
-    report = weights_stage(config, plots=False)
+    report, _ = weights_stage(config, plots=False)
     cat = read_catalogue(config)
 
     for flavour in FLAVOURS:
@@ -332,46 +337,197 @@ def test_an_unknown_target_label_fails_naming_the_reweight(split_demo: Path):
 
 
 # ----------------------------------------------------------------------------- plots, CLI
-def test_cli_writes_histograms_report_and_plots(split_demo: Path):
+JETS_PLOTS = ["eta_btagJes.png", "map_pt_btagJes_eta_btagJes.png", "pt_btagJes.png",
+              "weights.png"]
+TRACKS_PLOTS = ["deta.png", "weights.png"]
+
+
+def plot_files(out: Path) -> list[Path]:
+    """Every file under ``<out>/plots``, temporary ones included."""
+    return sorted(p for p in (out / "plots").rglob("*") if p.is_file())
+
+
+def assert_histograms_intact(config: Config) -> None:
+    """histograms.h5 loads, holds every reweight, and matches a stage run without plots."""
+    written = load_histograms(histograms_path(config))
+    assert list(written) == [rw.name for rw in config.reweighting.reweights]
+    expected, _ = compute_histograms(config, sample_jets(config, read_catalogue(config)))
+    for h in expected:
+        assert all(np.array_equal(h.weights[c], written[h.reweight.name].weights[c])
+                   for c in h.classes)
+
+
+def warning_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+         ) -> pytest.LogCaptureFixture:
+    """The stage's log records (the CLI may have set the logger not to propagate)."""
+    monkeypatch.setattr(logging.getLogger("upp_grid"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="upp_grid")
+    return caplog
+
+
+def test_cli_writes_histograms_report_and_plots_and_leaves_no_process(split_demo: Path):
     config = write_config(split_demo, "cli", [jets_reweight(), TRACKS_RW])
-    result = cli("weights", "-c", str(config.path))
+    result, left = run_in_session("weights", "-c", str(config.path))
     assert result.returncode == 0, result.stderr
+    assert left == []
     assert "weight_jets_pt_btagJes_eta_btagJes_target_mean_flavour_label" in result.stdout
     assert "flatness 1 ±" in result.stdout
+    assert "(plots " in result.stdout and ", 6 files)" in result.stdout
     out = config.global_.out_dir
     report = yaml.safe_load((out / "weights-report.yaml").read_text())
     assert [r["name"] for r in report["reweights"]] == [rw.name for rw in
                                                          config.reweighting.reweights]
     assert all(r["flatness_max_deviation"] <= 1e-6 for r in report["reweights"])
     jets_dir = out / "plots" / "jets" / config.reweighting.reweights[0].name
-    assert sorted(p.name for p in jets_dir.iterdir()) == [
-        "eta_btagJes.png", "map_pt_btagJes_eta_btagJes.png", "pt_btagJes.png", "weights.png"]
     tracks_dir = out / "plots" / "tracks" / config.reweighting.reweights[1].name
-    assert sorted(p.name for p in tracks_dir.iterdir()) == ["deta.png", "weights.png"]
-    assert report["timings"]["plots_s"] > 0
+    expected = sorted([jets_dir / n for n in JETS_PLOTS] + [tracks_dir / n for n in TRACKS_PLOTS])
+    assert plot_files(out) == expected  # no temporary file left either
+    assert sorted(Path(p) for p in report["plots"]) == expected
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in expected)
+    timings = report["timings"]
+    assert timings["plots_s"] > 0
+    assert 0 <= timings["plots_wait_s"] < 60
+    assert timings["total_s"] > 0
+    assert_histograms_intact(config)
 
 
 def test_no_plots_writes_no_plots(split_demo: Path):
     config = write_config(split_demo, "no-plots", [jets_reweight()])
-    result = cli("weights", "-c", str(config.path), "--no-plots")
+    result, left = run_in_session("weights", "-c", str(config.path), "--no-plots")
     assert result.returncode == 0, result.stderr
+    assert left == []
     assert not (config.global_.out_dir / "plots").exists()
+    report = yaml.safe_load(report_path(config).read_text())
+    assert report["plots"] == []
+    assert report["timings"]["plots_s"] == report["timings"]["plots_wait_s"] == 0
+
+
+def test_the_stage_returns_before_the_plots_and_wait_lists_them(
+        split_demo: Path, logs: pytest.LogCaptureFixture):
+    config = write_config(split_demo, "pending", [jets_reweight(), TRACKS_RW])
+    before = children()
+    report, pending = weights_stage(config)
+    first = yaml.safe_load(report_path(config).read_text())  # written before the plots
+    assert report.plots == () and first["plots"] == []
+    assert histograms_path(config).is_file()
+    assert pending.planned == 6 and pending.pid in children()
+    written = pending.wait()
+    assert len(written) == 6 and all(p.is_file() for p in written)
+    final = yaml.safe_load(report_path(config).read_text())
+    assert [Path(p) for p in final["plots"]] == written == list(pending.report.plots)
+    assert final["timings"]["plots_s"] > 0 and final["timings"]["plots_wait_s"] >= 0
+    assert final["reweights"] == first["reweights"]
+    assert pending.pid is None and children() == before
+    assert warning_lines(logs) == []
+    assert pending.wait() == written  # waiting again is harmless
+
+
+def test_a_plot_that_cannot_be_written_is_one_warning_line_and_the_rest_are_listed(
+        split_demo: Path):
+    config = write_config(split_demo, "unwritable", [jets_reweight(), TRACKS_RW])
+    jets_name = config.reweighting.reweights[0].name
+    blocker = config.global_.out_dir / "plots" / "jets" / jets_name
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the reweight's plot directory should be")
+    result, left = run_in_session("weights", "-c", str(config.path))
+    assert result.returncode == 0, result.stderr
+    assert left == []
+    lines = [line for line in result.stderr.splitlines() if "not written" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"plots: 4 of 6 not written; {blocker}/")
+    assert "NotADirectoryError" in lines[0] or "FileExistsError" in lines[0]
+    assert "Traceback" not in result.stderr
+    report = yaml.safe_load(report_path(config).read_text())
+    tracks_dir = blocker.parents[1] / "tracks" / config.reweighting.reweights[1].name
+    assert sorted(Path(p) for p in report["plots"]) == [tracks_dir / n for n in TRACKS_PLOTS]
+    assert [r["name"] for r in report["reweights"]] == [jets_name,
+                                                         config.reweighting.reweights[1].name]
+    assert_histograms_intact(config)
+
+
+def test_the_plotting_process_dying_is_one_warning_and_loses_nothing_else(
+        split_demo: Path, logs: pytest.LogCaptureFixture):
+    config = write_config(split_demo, "killed", [jets_reweight(), TRACKS_RW])
+    before = children()
+    report, pending = weights_stage(config)
+    pid = pending.pid
+    os.kill(pid, signal.SIGKILL)
+    written = pending.wait()
+    warnings = warning_lines(logs)
+    assert len(warnings) == 1
+    assert "the plotting process died (killed by SIGKILL)" in warnings[0]
+    final = yaml.safe_load(report_path(config).read_text())
+    assert [Path(p) for p in final["plots"]] == written
+    assert len(warnings[0].split(" not written;")[0].split(" of ")) == 2
+    assert final["reweights"] == yaml.safe_load(yaml.safe_dump(report.as_dict()))["reweights"]
+    assert_histograms_intact(config)
+    assert children() == before and not group_alive(pid)
+
+
+def test_an_interrupted_stage_ends_the_plotting_process(split_demo: Path):
+    config = write_config(split_demo, "interrupted", [jets_reweight()])
+    before = children()
+
+    def interrupt(_: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        weights_stage(config, progress=interrupt, workers=1)
+    assert children() == before
+    assert not histograms_path(config).exists()
+
+
+def test_an_error_after_the_stage_cancels_the_plots(split_demo: Path):
+    config = write_config(split_demo, "cancelled", [jets_reweight()])
+    before = children()
+    _, pending = weights_stage(config)
+    pid = pending.pid
+    with pytest.raises(RuntimeError, match="merge failed"), pending:
+        raise RuntimeError("merge failed")
+    assert children() == before and not group_alive(pid)
+    assert yaml.safe_load(report_path(config).read_text())["plots"] == []
+    assert_histograms_intact(config)
+    assert not [p for p in plot_files(config.global_.out_dir) if ".tmp-" in p.name]
+
+
+def test_a_reused_figure_draws_the_same_pixels_as_a_new_one(split_demo: Path, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    between = jets_reweight("max", {**PT_ETA, "pt_btagJes": [[20_000, 400_000, 7]]})
+    config = write_config(split_demo, "reuse", [jets_reweight("mean"), between,
+                                                jets_reweight("min")])  # same layout as mean
+    hists, _ = compute_histograms(config, sample_jets(config, read_catalogue(config)))
+    jobs = [plots.plan_jobs(plots.PlotData.of(h, {}), tmp_path / name)
+            for h, name in zip(hists, ("a", "b", "c"), strict=True)]
+    drawer = plots.Drawer()
+    reused = [drawer.draw(job) for batch in jobs for job in batch]  # c's reuse a's
+    fresh = [plots.draw(replace(job, path=tmp_path / "fresh" / job.path.relative_to(tmp_path)))
+             for batch in jobs for job in batch]
+    assert len(reused) == len(fresh) == 12
+    for a, b in zip(reused, fresh, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a
 
 
 def test_without_matplotlib_plots_are_skipped_with_one_warning(
-        split_demo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+        split_demo: Path, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture):
     def unavailable() -> None:
         raise plots.PlottingUnavailable("matplotlib is not installed")
 
-    monkeypatch.setattr(plots, "_figure_class", unavailable)
-    monkeypatch.setattr(logging.getLogger("upp_grid"), "propagate", True)  # as the CLI may not
+    monkeypatch.setattr(plots, "_figure_class", unavailable)  # in the forked process too
     config = write_config(split_demo, "no-mpl", [jets_reweight()])
-    with caplog.at_level(logging.WARNING, logger="upp_grid"):
-        report = weights_stage(config, plots=True)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [r.getMessage() for r in warnings] == ["plots skipped: matplotlib is not installed"]
-    assert report.plots == ()
+    before = children()
+    _, pending = weights_stage(config, plots=True)
+    assert pending.wait() == []
+    assert warning_lines(logs) == ["plots skipped: matplotlib is not installed"]
+    assert pending.report.plots == ()
     assert histograms_path(config).exists()
+    assert children() == before
 
 
 # ----------------------------------------------------------------------------- UPP's list
@@ -381,7 +537,7 @@ def test_upps_reweight_integration_list_runs_flat(split_demo: Path):
     config = write_config(split_demo, "upp-rw", data["reweights"], data["num_jets_estimate"],
                           source=source)
     split_stage(config)
-    report = weights_stage(config, plots=False)
+    report, _ = weights_stage(config, plots=False)
     assert [r.name for r in report.reweights] == [
         "weight_jets_pt_eta_target_mean_flavour_label",
         "weight_jets_pt_eta_target_min_flavour_label",

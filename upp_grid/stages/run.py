@@ -4,6 +4,10 @@ Every stage resumes on its own (split skips complete inputs, merge keeps complet
 and skips published splits), so rerunning after a crash finishes the job. The summary holds the
 jets per split and flavour going in (catalogue) and out (merged files), the files written and
 the wall time of each stage.
+
+The weights plots are drawn in the background while merge and norm run; the chain waits for
+them at the end (``plots (wait)`` in the timings: what they added to the wall time). An error
+in merge or norm ends the plotting process.
 """
 
 from __future__ import annotations
@@ -22,16 +26,17 @@ from upp_grid.stages.catalogue import Catalogue
 from upp_grid.stages.merge import MergeSummary, merge_stage, merge_work
 from upp_grid.stages.normalise import NormResult, norm_stage
 from upp_grid.stages.split_local import SplitSummary, split_stage
-from upp_grid.stages.weights import WeightsReport, planned_jets, weights_stage
+from upp_grid.stages.weights import PendingPlots, planned_jets, weights_stage
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ProgressBar = Callable[[int | None, str], AbstractContextManager[Advance]]
+#: ``bar(total, what[, unit=...])`` as :func:`upp_grid.progress.progress_bar`
+ProgressBar = Callable[..., AbstractContextManager[Advance]]
 
 
 @contextmanager
-def no_progress(total: int | None, _what: str) -> Iterator[Advance]:
+def no_progress(total: int | None, _what: str, unit: str = "jets") -> Iterator[Advance]:
     """A progress bar that shows nothing."""
     yield Advance(total, lambda a: None)
 
@@ -55,6 +60,7 @@ class RunSummary:
     timings: tuple[StageTime, ...]
     split_skipped: int  # inputs already split by an earlier run
     merge_reused: Mapping[str, int]  # output files kept from an earlier run
+    plots: tuple[Path, ...] = ()  # the weights plots written
 
     @property
     def seconds(self) -> float:
@@ -76,10 +82,16 @@ def after_split(config: Config, cat: Catalogue, plots: bool = True,
     ``download`` runs after preparing a grid download); ``timings`` of earlier stages are
     kept in the summary."""
     done = list(timings)
-    weights = _timed(done, "weights", lambda: _weights(config, plots, bar))
-    merged = _timed(done, "merge", lambda: _merge(config, bar))
-    norm = _timed(done, "norm", lambda: _norm(config, weighted_norm, bar, cat.total("train")))
-    return _summary(cat, merged, norm, weights.histograms, tuple(done), split_skipped)
+    pending = _timed(done, "weights", lambda: _weights(config, plots, bar))
+    with pending:  # the plots are drawn meanwhile; an error below cancels them
+        merged = _timed(done, "merge", lambda: _merge(config, bar))
+        norm = _timed(done, "norm", lambda: _norm(config, weighted_norm, bar,
+                                                  cat.total("train")))
+        if pending.planned:
+            _timed(done, "plots (wait)", lambda: _wait_plots(pending, bar))
+    report = pending.report
+    return _summary(cat, merged, norm, report.histograms, tuple(done), split_skipped,
+                    report.plots)
 
 
 def _timed(timings: list[StageTime], name: str, fn: Callable[[], T]) -> T:
@@ -95,9 +107,14 @@ def _split(config: Config, bar: ProgressBar) -> tuple[SplitSummary, Catalogue]:
         return split_stage(config, progress=advance, total=advance.set_total)
 
 
-def _weights(config: Config, plots: bool, bar: ProgressBar) -> WeightsReport:
+def _weights(config: Config, plots: bool, bar: ProgressBar) -> PendingPlots:
     with bar(planned_jets(config), "weights") as advance:
-        return weights_stage(config, plots=plots, progress=advance)
+        return weights_stage(config, plots=plots, progress=advance)[1]
+
+
+def _wait_plots(pending: PendingPlots, bar: ProgressBar) -> list[Path]:
+    with bar(pending.planned, "plots", unit="plots") as advance:
+        return pending.wait(progress=advance)
 
 
 def _merge(config: Config, bar: ProgressBar) -> MergeSummary:
@@ -111,7 +128,8 @@ def _norm(config: Config, weighted: bool, bar: ProgressBar, train_jets: int) -> 
 
 
 def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult, histograms: Path,
-             timings: tuple[StageTime, ...], skipped: int) -> RunSummary:
+             timings: tuple[StageTime, ...], skipped: int, plots: tuple[Path, ...]
+             ) -> RunSummary:
     by_split = {r.split: r for r in merged.results}
     return RunSummary(
         jets_in={s: dict(cat.num_jets[s]) for s in SPLITS},
@@ -119,4 +137,4 @@ def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult, histograms:
         files={s: tuple(f.path for f in by_split[s].files) for s in SPLITS},
         vds={s: by_split[s].vds for s in SPLITS},
         norm=norm, histograms=histograms, timings=timings, split_skipped=skipped,
-        merge_reused={s: by_split[s].reused for s in SPLITS})
+        merge_reused={s: by_split[s].reused for s in SPLITS}, plots=plots)

@@ -4,7 +4,7 @@
 every class over each reweight's variables in ONE read pass per file (only the needed fields,
 only the chunks holding sampled jets), builds each target and the per-class weights, checks that
 the weighted classes are flat, and writes ``<out_dir>/histograms.h5`` in UPP's layout, then
-``<out_dir>/weights-report.yaml`` (and plots in ``<out_dir>/plots/``).
+``<out_dir>/weights-report.yaml`` (and plots in ``<out_dir>/plots/``, see below).
 
 Bin convention
 --------------
@@ -35,6 +35,25 @@ bin holds a weighted count of 1 per class. A class's weight is ``target / hist_c
 bin; a bin where any class is empty gets weight 0 for every class. After weighting, every class
 equals the target in every populated bin: checked at run time (flatness 1 within 1e-6 with the
 float32 weights written to the merged files) before anything is written.
+
+Plots and the report
+--------------------
+The plots (:mod:`upp_grid.stages.plots`) are drawn off the stage's critical path by a separate
+process (:mod:`upp_grid.stages.plot_process`), started before anything is read so that
+matplotlib's import overlaps the sampling and histogramming. It gets the figures once
+``histograms.h5`` and the report are written, and the stage returns without waiting: merge can
+start. :meth:`PendingPlots.wait` waits for them (``upp-grid weights`` at its end, ``run`` after
+merge and norm) and rewrites the report atomically, listing the plot files. A plot that cannot
+be drawn (or the plotting process dying) costs one warning line naming the file and the error;
+``histograms.h5`` and the report stay as they are and list the plots that were written.
+
+The report's ``timings`` (wall seconds): ``sample_s``, ``histogram_s`` (the read and
+histogramming pass), ``weights_s`` (targets, weights, flatness check), ``write_s``
+(``histograms.h5``), ``total_s`` (the stage up to its report, plots excluded); ``plots_s``: the
+plotting process's drawing time, from receiving the figures to writing the last one
+(matplotlib's import excluded, it overlaps the stage); ``plots_wait_s``: how long the caller
+waited for the plots after its own work, i.e. what plotting added to the wall time (about 0
+when the plots were done by then, as when ``run`` waits after merge and norm).
 """
 
 from __future__ import annotations
@@ -46,7 +65,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +80,8 @@ from upp_grid.config import Config, Reweight
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
 from upp_grid.h5io import batch_ranges, dataset, open_input
 from upp_grid.stages.catalogue import Catalogue, catalogue_path, read_catalogue
+from upp_grid.stages.plot_process import PlotProcess
+from upp_grid.stages.plots import PlotData, PlotJob, plan_jobs
 
 log = logging.getLogger(__name__)
 
@@ -594,7 +615,12 @@ class ReweightReport:
 
 @dataclass(frozen=True)
 class Timings:
-    """Wall seconds of the stage's parts; ``histogram_s`` is the read + histogramming pass."""
+    """Wall seconds of the stage's parts; ``histogram_s`` is the read + histogramming pass.
+
+    ``total_s`` is the stage up to its report (plots excluded: they are drawn in the
+    background). ``plots_s``: the plotting process's drawing time; ``plots_wait_s``: how long
+    the caller waited for the plots after its own work (see the module docstring).
+    """
 
     sample_s: float = 0.0
     histogram_s: float = 0.0
@@ -602,6 +628,7 @@ class Timings:
     write_s: float = 0.0
     plots_s: float = 0.0
     total_s: float = 0.0
+    plots_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -694,19 +721,40 @@ def compute_histograms(config: Config, sample: Mapping[str, Sequence[FileSample]
 
 
 def weights_stage(config: Config, plots: bool = True, progress: Progress | None = None,
-                  workers: int | None = None) -> WeightsReport:
-    """Run the weights stage: ``histograms.h5``, ``weights-report.yaml`` and plots.
+                  workers: int | None = None) -> tuple[WeightsReport, PendingPlots]:
+    """Run the weights stage: ``histograms.h5`` and ``weights-report.yaml``; plots pending.
+
+    With ``plots``, the plotting process starts first (before any HDF5 file is opened) and
+    gets the figures once ``histograms.h5`` and the report are written; this returns without
+    waiting for them. Wait with the returned :class:`PendingPlots` (which then rewrites the
+    report), or use it as a context manager so that an error cancels them.
 
     Raises
     ------
     UppGridError
         No reweighting configured, no catalogue, an unknown target label, missing fields,
         or weights that do not flatten the classes (:class:`FlatnessError`); nothing is
-        written then.
+        written then (and the plotting process is ended).
     """
     if not config.reweighting or not config.reweighting.reweights:
         raise UppGridError(f"{config.path}: no reweighting section: nothing to weight")
     t0 = time.perf_counter()
+    plotter = _start_plotter() if plots else None
+    try:
+        report, hists = _weights_and_report(config, progress, workers, t0)
+        if plotter is None:
+            return report, PendingPlots(report)
+        jobs = plan_plots(config, hists)
+        plotter.submit(jobs)
+        return report, PendingPlots(report, plotter, len(jobs))
+    except BaseException:
+        if plotter is not None:
+            plotter.cancel()
+        raise
+
+
+def _weights_and_report(config: Config, progress: Progress | None, workers: int | None,
+                        t0: float) -> tuple[WeightsReport, list[ReweightHists]]:
     catalogue = read_catalogue(config)
     sample = sample_jets(config, catalogue)
     t1 = time.perf_counter()
@@ -717,18 +765,16 @@ def weights_stage(config: Config, plots: bool = True, progress: Progress | None 
     path = histograms_path(config)
     write_histograms(path, hists, _file_attrs(config, sample))
     t4 = time.perf_counter()
-    plot_paths = _plots(config, hists) if plots else ()
-    t5 = time.perf_counter()
     report = WeightsReport(
         path, report_path(config),
         {fl: tuple(SampledFile(str(fs.path), len(fs.rows), fs.num_jets) for fs in files)
          for fl, files in sample.items()},
         {fl: sum(fs.num_jets for fs in files) for fl, files in sample.items()},
-        tuple(summaries), tuple(plot_paths),
-        Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, time.perf_counter() - t0))
+        tuple(summaries), (),
+        Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, 0.0, time.perf_counter() - t0))
     write_report(report.report, report)
     log.info("wrote %s (%d reweights)", path, len(hists))
-    return report
+    return report, hists
 
 
 def _check_and_summarise(config: Config, h: ReweightHists, counts: Counts) -> ReweightReport:
@@ -752,13 +798,90 @@ def _file_attrs(config: Config, sample: Mapping[str, Sequence[FileSample]]) -> d
     }
 
 
-def _plots(config: Config, hists: Sequence[ReweightHists]) -> list[Path]:
-    from upp_grid.stages import plots
+def plots_dir(config: Config) -> Path:
+    """``<out_dir>/plots``."""
+    return config.global_.out_dir / PLOTS_DIR
 
+
+def plan_plots(config: Config, hists: Sequence[ReweightHists]) -> list[PlotJob]:
+    """Every figure of every reweight (see :mod:`upp_grid.stages.plots`)."""
+    return [job for h in hists
+            for job in plan_jobs(PlotData.of(h, class_names(config, h.reweight)),
+                                 plots_dir(config))]
+
+
+def _start_plotter() -> PlotProcess | None:
     try:
-        return plots.plot_reweights(hists, config.global_.out_dir / PLOTS_DIR,
-                                    {h.reweight.name: class_names(config, h.reweight)
-                                     for h in hists})
-    except plots.PlottingUnavailable as err:
-        log.warning("plots skipped: %s", err)
-        return []
+        return PlotProcess.start()
+    except OSError as err:
+        log.warning("plots skipped: cannot start the plotting process: %s", err)
+        return None
+
+
+class PendingPlots:
+    """The plots of a weights report, being drawn in the background.
+
+    :meth:`wait` waits for them (the plotting process then uses every core), logs one warning
+    line if any could not be drawn, rewrites ``weights-report.yaml`` atomically with the plot
+    files and the ``plots_s`` / ``plots_wait_s`` timings, and returns the files written. As a
+    context manager, leaving the block waits, unless it is left by an exception: then the plots
+    are cancelled (the process is ended; the histograms and the report are untouched).
+    Dropping it without waiting cancels the plots too. Without plots, everything returns at
+    once and :attr:`report` is the report as written.
+    """
+
+    def __init__(self, report: WeightsReport, process: PlotProcess | None = None,
+                 planned: int = 0) -> None:
+        self._report = report
+        self._process = process
+        self.planned = planned  # figures to draw
+
+    @property
+    def report(self) -> WeightsReport:
+        """The report: the one first written, or after :meth:`wait` the one with the plots."""
+        return self._report
+
+    @property
+    def pid(self) -> int | None:
+        """The plotting process, while it is being waited for or running; else None."""
+        return self._process.pid if self._process is not None else None
+
+    def wait(self, progress: Progress | None = None) -> list[Path]:
+        """Wait for the plots (``progress(n)``: n more drawn); the files written."""
+        if self._process is None:
+            return list(self._report.plots)
+        start = time.perf_counter()
+        process = self._process
+        drawn = process.poll()
+        if drawn < self.planned:
+            log.info("waiting for the plots (%d of %d drawn)", drawn, self.planned)
+        try:
+            result = process.result(progress)
+        finally:
+            process.cancel()  # a no-op once it has ended; on Ctrl-C it ends it
+            self._process = None
+        waited = time.perf_counter() - start
+        if result.warning:
+            log.warning("%s", result.warning)
+        timings = replace(self._report.timings, plots_s=result.draw_s, plots_wait_s=waited)
+        self._report = replace(self._report, plots=result.written, timings=timings)
+        write_report(self._report.report, self._report)
+        if result.written:
+            log.info("wrote %d plots to %s", len(result.written),
+                     os.path.commonpath([p.parent for p in result.written]))
+        return list(result.written)
+
+    def cancel(self) -> None:
+        """End the plotting process now; the report keeps no plots."""
+        if self._process is not None:
+            self._process.cancel()
+            self._process = None
+
+    def __enter__(self) -> PendingPlots:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.wait()
+        else:
+            self.cancel()
