@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,7 +133,8 @@ def print_weights_report(report: WeightsReport) -> None:
     t = report.timings
     sampled = sum(f.jets for files in report.sample.values() for f in files)
     con.print(f"histogrammed {sampled:,} train jets in {t.histogram_s:.2f} s; stage "
-              f"{t.total_s:.2f} s (plots {t.plots_s:.2f} s, {len(report.plots)} files)")
+              f"{t.total_s:.2f} s; plots: {len(report.plots)} files drawn in {t.plots_s:.2f} s "
+              f"in the background, waited {t.plots_wait_s:.2f} s for them")
     con.print(f"wrote {report.histograms}\nwrote {report.report}")
 
 
@@ -208,5 +210,8 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
     con.print(times)
     if any(t.stage == "split" for t in summary.timings) and summary.split_skipped:
         con.print(f"split: {summary.split_skipped} inputs already split by an earlier run")
+    if summary.plots:
+        where = Path(os.path.commonpath([str(Path(p).parent) for p in summary.plots]))
+        con.print(f"plots: {len(summary.plots)} files under {where}")
     con.print(f"histograms {summary.histograms}\nnorm {summary.norm.norm_path} "
               f"({summary.norm.num_jets:,} train jets)\nclasses {summary.norm.class_path}")
