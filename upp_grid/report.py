@@ -133,8 +133,9 @@ def print_weights_report(report: WeightsReport) -> None:
     t = report.timings
     sampled = sum(f.jets for files in report.sample.values() for f in files)
     con.print(f"histogrammed {sampled:,} train jets in {t.histogram_s:.2f} s; stage "
-              f"{t.total_s:.2f} s; plots: {len(report.plots)} files drawn in {t.plots_s:.2f} s "
-              f"in the background, waited {t.plots_wait_s:.2f} s for them")
+              f"{t.total_s:.2f} s")
+    con.print(f"plots: {len(report.plots)} files, drawn in the background in {t.plots_s:.2f} s; "
+              f"waited {t.plots_wait_s:.2f} s")
     con.print(f"wrote {report.histograms}\nwrote {report.report}")
 
 

@@ -377,7 +377,7 @@ def test_cli_writes_histograms_report_and_plots_and_leaves_no_process(split_demo
     assert left == []
     assert "weight_jets_pt_btagJes_eta_btagJes_target_mean_flavour_label" in result.stdout
     assert "flatness 1 ±" in result.stdout
-    assert "(plots " in result.stdout and ", 6 files)" in result.stdout
+    assert "plots: 6 files, drawn in the background" in result.stdout
     out = config.global_.out_dir
     report = yaml.safe_load((out / "weights-report.yaml").read_text())
     assert [r["name"] for r in report["reweights"]] == [rw.name for rw in
