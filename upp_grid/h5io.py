@@ -81,7 +81,7 @@ def open_input(path: Path, chunk_cache: bool = True) -> h5py.File:
     333k-jet file).
     """
     try:
-        return h5py.File(path, "r", rdcc_nbytes=0) if not chunk_cache else h5py.File(path, "r")
+        return h5py.File(path, "r", **({} if chunk_cache else {"rdcc_nbytes": 0}))
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                          f"{short_error(err)}") from None

@@ -302,7 +302,7 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
         raise InputError(f"{path}: rows {first}-{last} requested but '{jets_name}' has {num}")
     router = _Router(config, outputs)
     _check_cut_fields(path, jets_name, dsets[jets_name].dtype.names, router)
-    batch = _batch_rows(config, list(dsets.values()))
+    batch, _ = _batch_layout(config, list(dsets.values()))
     plans = {g: _plan_group(config, path, g, ds, min(batch, max(last - first, 1)), buffers)
              for g, ds in dsets.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -343,8 +343,9 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
         raise
 
 
-def _batch_rows(config: Config, dsets: list[h5py.Dataset]) -> int:
-    return aligned_batch_size(dsets, config.global_.batch_size, BATCH_BYTES)[0]
+def _batch_layout(config: Config, dsets: list[h5py.Dataset]) -> tuple[int, int]:
+    """``(batch rows, alignment)`` of the split's reads of ``dsets``."""
+    return aligned_batch_size(dsets, config.global_.batch_size, BATCH_BYTES)
 
 
 def input_rows(config: Config, path: Path) -> tuple[int, int]:
@@ -354,8 +355,7 @@ def input_rows(config: Config, path: Path) -> tuple[int, int]:
         with open_input(path) as f:
             dsets = {g: dataset(f, g) for g in config.variables}
             num = int(dsets[config.jets_name].shape[0])
-            _, align = aligned_batch_size(list(dsets.values()), config.global_.batch_size,
-                                          BATCH_BYTES)
+            _, align = _batch_layout(config, list(dsets.values()))
     except (InputError, OSError, KeyError, RuntimeError, ValueError):
         return 0, 1
     return num, align

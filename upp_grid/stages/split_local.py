@@ -221,13 +221,10 @@ def _assign_files(config: Config, containers: list[Container], files: Sequence[P
     return by_file
 
 
-def is_complete(unit: Unit, config: Config) -> SplitRecord | None:
-    """The unit's record if its outputs are complete and still match input and config."""
-    return _complete_record(unit.out_dir, unit.path, unit.samples, config, unit.rows)
-
-
 def _complete_record(out_dir: Path, path: Path, samples: Sequence[str], config: Config,
                      rows: tuple[int, int] | None) -> SplitRecord | None:
+    """The record in ``out_dir`` if it is for ``rows`` of ``path`` and its outputs are complete
+    and still match the input and the config; else None."""
     rec = read_record(out_dir)
     if rec is None or rec.rows != rows:
         return None
@@ -311,11 +308,12 @@ def pending_units(config: Config, container: str | None = None,
     for unit in plan_units(config, container, files, workers, min_part_jets):
         by_file.setdefault(unit.path, []).append(unit)
     for units in by_file.values():
-        kept, redo = ([], units) if overwrite else _reusable(config, units)
+        existing = _input_dirs(units[0])
+        kept, redo = ([], units) if overwrite else _reusable(config, units, existing)
         keep = {d for d, _ in kept} | {u.out_dir for u in redo}
         done += [rec for _, rec in kept]
         todo += redo
-        stale += [d for d, _ in _input_dirs(units[0]) if d not in keep]
+        stale += [d for d, _ in existing if d not in keep]
     return SplitPlan(tuple(todo), tuple(done), tuple(stale))
 
 
@@ -338,26 +336,27 @@ def _input_dirs(unit: Unit) -> list[tuple[Path, tuple[int, int] | None]]:
     return found
 
 
-def _reusable(config: Config, units: list[Unit]
+def _reusable(config: Config, units: list[Unit],
+              existing: list[tuple[Path, tuple[int, int] | None]]
               ) -> tuple[list[tuple[Path, SplitRecord]], list[Unit]]:
-    """``([(dir, record)] kept, units to split)`` for one input's planned ``units``.
+    """``([(dir, record)] kept, units to split)`` for one input's planned ``units``, given its
+    ``existing`` output directories (:func:`_input_dirs`).
 
     Complete planned units are kept and the others redone; but when the planned units are not
     all complete and complete outputs of an earlier run cut differently (another number of
     workers) cover the whole file exactly, those are kept and nothing is redone.
     """
-    planned = [(u, is_complete(u, config)) for u in units]
+    first, num = units[0], sum(u.num_jets for u in units)
+    complete = {d: rec for d, rows in existing
+                if (rec := _complete_record(d, first.path, first.samples, config, rows))}
+    planned = [(u, complete.get(u.out_dir)) for u in units]
     if all(rec is not None for _, rec in planned):
         return [(u.out_dir, rec) for u, rec in planned], []
-    first, num = units[0], sum(u.num_jets for u in units)
-    found = []
-    for d, rows in _input_dirs(first):
-        rec = _complete_record(d, first.path, first.samples, config, rows)
-        if rec is not None:
-            found.append((rows or (0, num), d, rec))
+    spans = sorted(((rec.rows or (0, num), d, rec) for d, rec in complete.items()),
+                   key=lambda s: (s[0][0], -s[0][1]))  # by start, the longest first
     tiling: list[tuple[Path, SplitRecord]] = []
     pos = 0
-    for (start, stop), d, rec in sorted(found, key=lambda f: (f[0][0], -f[0][1])):
+    for (start, stop), d, rec in spans:
         if start == pos and stop > pos:
             tiling.append((d, rec))
             pos = stop
