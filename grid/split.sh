@@ -25,4 +25,4 @@ home="$(sed -n 's/^home *= *//p' "$env_dir/pyvenv.cfg" | head -n 1)"
 export LD_LIBRARY_PATH="$home/../lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "upp-grid job: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname 2>/dev/null || echo '?') in $PWD"
-exec "$env_dir/bin/python" -m upp_grid.grid.job --config "$root/config.yaml" "$@"
+exec "$env_dir/bin/python" -m upp_grid.grid.worker --config "$root/config.yaml" "$@"

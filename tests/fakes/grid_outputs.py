@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upp_grid.config import Config
-from upp_grid.grid.jobs import TaskSpec
+from upp_grid.grid.tasks import TaskSpec
 from upp_grid.grid.store import LocalStore
 from upp_grid.stages.split import split_file
 

@@ -42,7 +42,7 @@ from tests.fakes.grid_outputs import (
 from tests.grid_support import clean_env, run_cli
 from upp_grid.config import Config, load_config
 from upp_grid.grid import backend as states
-from upp_grid.grid.jobs import TaskSpec, plan_tasks
+from upp_grid.grid.tasks import TaskSpec, plan_tasks
 from upp_grid.grid.state import StateDB, Submission
 from upp_grid.grid.store import LocalStore
 from upp_grid.mock import make_mock

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from upp_grid.fsutil import adler32_file
-from upp_grid.grid.downloads import DownloadError, Wanted, check_layout, job_dir, parse_lfn
+from upp_grid.grid.download_records import DownloadError, Wanted, check_layout, job_dir, parse_lfn
 from upp_grid.grid.names import scope_of
 from upp_grid.grid.rucio import (
     FetchOutcome,

@@ -10,7 +10,7 @@ from tests.grid_support import TTBAR, ZPRIME, make_project
 from upp_grid.config import load_config
 from upp_grid.errors import InputError, UppGridError
 from upp_grid.grid import names
-from upp_grid.grid.jobs import plan_tasks
+from upp_grid.grid.tasks import plan_tasks
 from upp_grid.stages.split import declared_outputs
 
 MC = ("mc20_13TeV.601589.PhPy8EG_A14_ttbar_hdamp258p75_nonallhad.deriv.DAOD_FTAG1."

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from tests.grid_support import clean_env
-from upp_grid.grid.jobs import OutputSpec, TaskSpec
+from upp_grid.grid.tasks import OutputSpec, TaskSpec
 from upp_grid.grid.state import (
     MIGRATIONS,
     SCHEMA_VERSION,

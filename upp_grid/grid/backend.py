@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.jobs import TaskSpec
+from upp_grid.grid.tasks import TaskSpec
 from upp_grid.grid.state import StateDB, Submission, TaskRecord
 
 # Task states, backend-independent.

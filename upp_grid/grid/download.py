@@ -8,7 +8,7 @@ Flow
    (:mod:`upp_grid.grid.sources`: rucio or the local store). Missing containers are an error
    that lists them all with the reason the state DB gives.
 3. **Fetch** the files not yet verified and **verify** each (:mod:`upp_grid.grid.transfer`);
-   every verified file is recorded (:mod:`upp_grid.grid.downloads`), so a rerun fetches nothing
+   every verified file is recorded (:mod:`upp_grid.grid.download_records`), so a rerun fetches nothing
    twice. A file still bad after the retries fails the command, naming the dataset and the file.
 4. **Completeness.** Inputs without outputs (a failed job, a task that is not done) are listed;
    the command refuses to prepare them unless ``--allow-partial``. Loss is never silent.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from upp_grid.config import SPLITS, Config
 from upp_grid.fsutil import human_bytes
-from upp_grid.grid.downloads import (
+from upp_grid.grid.download_records import (
     DownloadError,
     ProgressFactory,
     Wanted,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from upp_grid.grid import backend as states
 from upp_grid.grid import sandbox as sandboxes
-from upp_grid.grid.jobs import TaskSpec
+from upp_grid.grid.tasks import TaskSpec
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
 from upp_grid.grid.store import LocalStore
 

@@ -5,7 +5,7 @@
   and file counts, and for the local backend the per-job rows); without state for the tag the
   names are derived from the config, the tag and the user (``--rucio-user`` / ``RUCIO_ACCOUNT``).
 * :func:`list_outputs`: every output container listed from the source, each file mapped to its
-  place in the layout (:mod:`upp_grid.grid.downloads`); missing containers are one error that
+  place in the layout (:mod:`upp_grid.grid.download_records`); missing containers are one error that
   names them all with the reason the state DB gives.
 * :func:`find_incomplete`: inputs without (all their) outputs, one line each.
 """
@@ -31,8 +31,8 @@ from upp_grid.grid.backend import (
     SUBMITTED,
     open_backend,
 )
-from upp_grid.grid.downloads import DownloadError, Wanted, job_dir, more_listed, parse_lfn
-from upp_grid.grid.jobs import OutputSpec, plan_tasks
+from upp_grid.grid.download_records import DownloadError, Wanted, job_dir, more_listed, parse_lfn
+from upp_grid.grid.tasks import OutputSpec, plan_tasks
 from upp_grid.grid.rucio import RemoteFile
 from upp_grid.grid.sources import Source
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord

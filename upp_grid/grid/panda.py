@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from upp_grid.grid import backend as states
-from upp_grid.grid.jobs import TaskSpec
+from upp_grid.grid.tasks import TaskSpec
 from upp_grid.grid.panda_client import PandaClient, check_credentials, prun_task_params
 from upp_grid.grid.state import StateDB, Submission, TaskRecord
 

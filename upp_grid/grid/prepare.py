@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from upp_grid.config import SPLITS, Config
-from upp_grid.grid.downloads import Advance, ProgressFactory
+from upp_grid.grid.download_records import Advance, ProgressFactory
 from upp_grid.stages.catalogue import Catalogue, catalogue_path, write_catalogue
 
 if TYPE_CHECKING:

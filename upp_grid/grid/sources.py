@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from upp_grid.fsutil import atomic_path
-from upp_grid.grid.downloads import DownloadError
+from upp_grid.grid.download_records import DownloadError
 from upp_grid.grid.rucio import FetchOutcome, RemoteFile, RucioSource
 from upp_grid.grid.state import Submission
 from upp_grid.grid.store import LocalStore

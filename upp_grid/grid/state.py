@@ -14,7 +14,7 @@ queries only. Tables:
 * ``download_files``: one row per grid file of a tag that ``upp-grid download`` listed: its DID,
   container, outDS, sample, output and job serial, the catalogue's size and adler32, its
   destination, its state (``listed`` -> ``verified`` or ``failed``), the number of fetches, the
-  destination's mtime at verification and the last error (see :mod:`upp_grid.grid.downloads`).
+  destination's mtime at verification and the last error (see :mod:`upp_grid.grid.download_records`).
 
 Schema versions (``PRAGMA user_version``), each reached from the one before by
 :data:`MIGRATIONS`:
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.jobs import OutputSpec, TaskSpec
+from upp_grid.grid.tasks import OutputSpec, TaskSpec
 from upp_grid.grid.names import scope_of
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from upp_grid.errors import UppGridError
 from upp_grid.fsutil import write_json_atomic
 from upp_grid.grid import sandbox as sandboxes
 from upp_grid.grid.backend import BACKENDS, open_backend
-from upp_grid.grid.jobs import TaskSpec, plan_tasks
+from upp_grid.grid.tasks import TaskSpec, plan_tasks
 from upp_grid.grid.names import resolve_user
 from upp_grid.grid.panda_client import dry_run_env, prun_task_params
 from upp_grid.grid.state import StateDB, Submission, TaskRecord, default_state_path

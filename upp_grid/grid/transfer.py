@@ -4,7 +4,7 @@ Files not verified yet are fetched in batches into a hidden staging directory; t
 adler32 of every file are checked and the file is moved into place. Transient failures are
 retried with a doubling back-off; a corrupt file is deleted and fetched once more; a file still
 bad is reported by name. Every fetch and outcome is recorded in the state DB
-(:mod:`upp_grid.grid.downloads`), so a rerun fetches nothing twice.
+(:mod:`upp_grid.grid.download_records`), so a rerun fetches nothing twice.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from upp_grid.fsutil import human_bytes, remove_empty_dirs
-from upp_grid.grid.downloads import Advance, ProgressFactory, Wanted, record_listed, still_verified
+from upp_grid.grid.download_records import Advance, ProgressFactory, Wanted, record_listed, still_verified
 from upp_grid.grid.rucio import FetchOutcome, RemoteFile, TransientRucioError, verify_file
 from upp_grid.grid.sources import Source
 from upp_grid.grid.state import StateDB

@@ -1,4 +1,4 @@
-"""The worker-node payload: ``python -m upp_grid.grid.job --config C --samples S INPUT``.
+"""The worker-node payload: ``python -m upp_grid.grid.worker --config C --samples S INPUT``.
 
 Called by ``grid/split.sh`` (see ``grid/README.md``). It splits the one staged input file into
 every declared output ``output_<split>_<region>_<sample>_<flavour>.h5`` in the output directory
@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-log = logging.getLogger("upp_grid.grid.job")
+log = logging.getLogger("upp_grid.grid.worker")
 
 # hdf5plugin logs an error at import for each plugin the sandbox does not ship (the lossy
 # compressors, see upp_grid.grid.sandbox.PRUNED_HDF5_PLUGINS): expected, so not shown.
@@ -30,7 +30,7 @@ def _quiet_pruned_plugins(record: logging.LogRecord) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="upp_grid.grid.job", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="upp_grid.grid.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="resolved config.yaml")
     parser.add_argument("--samples", required=True, help="comma-separated samples of the task")
     parser.add_argument("--out-dir", type=Path, default=Path("."), help="where outputs go")
