@@ -4,6 +4,9 @@
 #
 #   bash scripts/setup_env.sh          # runtime install (what the grid needs)
 #   bash scripts/setup_env.sh --dev    # + test/plot extras (pytest, ruff, matplotlib)
+#   bash scripts/setup_env.sh --lsetup "python 3.11.9-x86_64-el9"
+#                                      # build with that ATLAS `lsetup` Python (lxplus, for the
+#                                      # grid: the job repeats the same lsetup on the node)
 #
 # Idempotent: rerunning reuses ./env and reinstalls upp-grid from the current checkout.
 # On lxplus run `setupATLAS` first if you like; a Python >= 3.10 must be on PATH (on
@@ -14,13 +17,35 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 env_dir="${UPP_GRID_ENV:-$here/env}"
 extras=""
-for arg in "$@"; do
-    case "$arg" in
+lsetup_spec=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --dev) extras="[test,plot]" ;;
-        -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "setup_env.sh: unknown option '$arg' (use --dev or --help)" >&2; exit 2 ;;
+        --lsetup) [ $# -ge 2 ] || { echo "setup_env.sh: --lsetup needs a value" >&2; exit 2; }
+                  lsetup_spec="$2"; shift ;;
+        --lsetup=*) lsetup_spec="${1#--lsetup=}" ;;
+        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "setup_env.sh: unknown option '$1' (use --dev, --lsetup or --help)" >&2; exit 2 ;;
     esac
+    shift
 done
+
+if [ -n "$lsetup_spec" ]; then
+    export ATLAS_LOCAL_ROOT_BASE="${ATLAS_LOCAL_ROOT_BASE:-/cvmfs/atlas.cern.ch/repo/ATLASLocalRootBase}"
+    if [ ! -f "$ATLAS_LOCAL_ROOT_BASE/user/atlasLocalSetup.sh" ]; then
+        echo "setup_env: --lsetup needs ATLASLocalRootBase ($ATLAS_LOCAL_ROOT_BASE not found)" >&2
+        exit 1
+    fi
+    set +eu
+    # shellcheck source=/dev/null
+    . "$ATLAS_LOCAL_ROOT_BASE/user/atlasLocalSetup.sh" --quiet
+    lsetup "$lsetup_spec"
+    rc=$?
+    set -eu
+    [ "$rc" -eq 0 ] || { echo "setup_env: lsetup \"$lsetup_spec\" failed ($rc)" >&2; exit 1; }
+    PYTHON="${PYTHON:-$(command -v python3)}"
+    rm -rf "$env_dir"  # a venv of another interpreter would be reused otherwise
+fi
 
 # ATLAS setups export PYTHONPATH/PYTHONHOME pointing into releases; they would leak into the venv.
 unset PYTHONPATH PYTHONHOME
@@ -58,6 +83,21 @@ pip=("$env_dir/bin/python" -m pip --disable-pip-version-check --no-input)
 "${pip[@]}" install --quiet "$here$extras"
 "${pip[@]}" install --quiet --no-deps --force-reinstall --no-build-isolation "$here"
 rm -rf "$here/build" "$here"/*.egg-info
+
+# what built this env, for the grid job to repeat (upp_grid.grid.sandbox reads it)
+if [ -n "$lsetup_spec" ] || [ ! -f "$env_dir/upp-grid-runtime.json" ]; then
+    "$env_dir/bin/python" - "$env_dir" "$lsetup_spec" <<'PY'
+import json, os, sys
+env, spec = sys.argv[1], sys.argv[2]
+home = next((line.partition("=")[2].strip() for line in open(os.path.join(env, "pyvenv.cfg"))
+             if line.partition("=")[0].strip() == "home"), "")
+path = os.path.join(env, "upp-grid-runtime.json")
+with open(path + ".tmp", "w") as f:
+    json.dump({"python_home": home, "lsetup": spec or None,
+               "python_version": sys.version.split()[0]}, f, indent=1)
+os.replace(path + ".tmp", path)
+PY
+fi
 
 version="$("$env_dir/bin/upp-grid" --version)"
 echo "setup_env: ready: $version in $env_dir"

@@ -263,24 +263,47 @@ def _state_options(func: Callable[..., None]) -> Callable[..., None]:
               help="Grid nickname for dataset names (default: RUCIO_ACCOUNT, PANDA_NICKNAME).")
 @click.option("--dryrun", is_flag=True,
               help="Build the sandbox and task parameters offline; submit nothing.")
-@click.option("--force", is_flag=True, help="Submit containers of the tag again.")
+@click.option("--force", is_flag=True,
+              help="Submit containers of the tag again (each gets a new outDS).")
+@click.option("--platform", default="el9", show_default=True,
+              help="OS the jobs run on (prun --architecture @PLATFORM).")
+@click.option("--container-image", default=None,
+              help="Run the jobs in this image (prun --containerImage); code-only sandbox.")
+@click.option("--gb-per-job", default=None, type=click.IntRange(1),
+              help="Input GB per job (prun --nGBPerJob; default 10).")
+@click.option("--files-per-job", default=None, type=click.IntRange(1, 200),
+              help="Input files per job instead (prun --nFilesPerJob).")
+@click.option("--dest-se", default=None,
+              help="Write the outputs to this RSE (prun --destSE).")
+@click.option("--allow-local-python", is_flag=True,
+              help="PanDA: accept an env/ whose base Python is not under /cvmfs/.")
 @click.option("--workers", default=None, type=click.IntRange(1),
               help="Local backend: jobs at a time (default: cores).")
 @click.option("--state", default=None, type=click.Path(path_type=Path, dir_okay=False),
               help="State file (default: <base_dir>/upp-grid.sqlite).")
 @click.argument("prun_args", nargs=-1, type=click.UNPROCESSED)
 def submit_cmd(config_path: Path, tag: str, backend: str, rucio_user: str | None,
-               dryrun: bool, force: bool, workers: int | None, state: Path | None,
+               dryrun: bool, force: bool, platform: str, container_image: str | None,
+               gb_per_job: int | None, files_per_job: int | None, dest_se: str | None,
+               allow_local_python: bool, workers: int | None, state: Path | None,
                prun_args: tuple[str, ...]) -> None:
-    """Split on the grid: one task per input container, one job per file.
+    """Split on the grid: one task per input container, jobs of about 10 GB of input, one
+    output per job.
 
     Extra prun options go after `--`, e.g. `-- --site ANALY_X`.
     """
     from upp_grid.grid.submit import SubmitRequest, submit
     from upp_grid.grid.tables import format_submit
+    from upp_grid.grid.tasks import DEFAULT_GB_PER_JOB, TaskOptions
 
+    if gb_per_job is not None and files_per_job is not None:
+        raise UppGridError("--gb-per-job and --files-per-job exclude each other")
+    options = TaskOptions(platform, container_image,
+                          None if files_per_job else (gb_per_job or DEFAULT_GB_PER_JOB),
+                          files_per_job, dest_se)
     result = submit(SubmitRequest(config_path, tag, backend, rucio_user, dryrun, force,
-                                  workers, tuple(prun_args), state))
+                                  workers, tuple(prun_args), state, options,
+                                  allow_local_python))
     click.echo(format_submit(result))
     if result.problem:
         raise UppGridError(result.problem)
@@ -289,16 +312,18 @@ def submit_cmd(config_path: Path, tag: str, backend: str, rucio_user: str | None
 @cli.command("status")
 @_state_options
 @click.option("--tag", default=None, help="Only this tag.")
+@click.option("--failed", is_flag=True,
+              help="List the failed jobs: id, inputs, error code, diagnostic, log.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_cmd(config_path: Path | None, state: Path | None, tag: str | None,
-               as_json: bool) -> None:
+               failed: bool, as_json: bool) -> None:
     """Refresh and show the tasks (and local jobs) of every tag."""
     import json
 
     from upp_grid.grid.control import state_path, status
     from upp_grid.grid.tables import format_status
 
-    report = status(state_path(config_path, state), tag)
+    report = status(state_path(config_path, state), tag, failed)
     for warning in report.warnings:
         click.echo(f"upp-grid: warning: {warning}", err=True)
     click.echo(json.dumps(report.as_dict(), indent=1) if as_json else format_status(report))
@@ -307,16 +332,27 @@ def status_cmd(config_path: Path | None, state: Path | None, tag: str | None,
 @cli.command("retry")
 @_state_options
 @click.option("--tag", required=True, help="The submission tag.")
+@click.option("--memory", "memory_mb", default=None, type=click.IntRange(1),
+              help="New memory per core in MB (JEDI ramCount).")
+@click.option("--site", default=None, help="Run the retried jobs at this site.")
+@click.option("--excluded-site", "excluded_sites", multiple=True,
+              help="Do not run at this site (repeatable).")
+@click.option("--gb-per-job", default=None, type=click.IntRange(1),
+              help="New input GB per job (JEDI nGBPerJob).")
 @click.option("--workers", default=None, type=click.IntRange(1),
               help="Local backend: jobs at a time (default: cores).")
-def retry_cmd(config_path: Path | None, state: Path | None, tag: str,
+def retry_cmd(config_path: Path | None, state: Path | None, tag: str, memory_mb: int | None,
+              site: str | None, excluded_sites: tuple[str, ...], gb_per_job: int | None,
               workers: int | None) -> None:
-    """Retry failed and partial tasks (local backend: rerun the failed jobs)."""
+    """Retry failed, partial and aborted tasks, optionally with new parameters (local
+    backend: rerun the failed jobs)."""
+    from upp_grid.grid.backend import RetryParams
     from upp_grid.grid.control import retry, state_path
     from upp_grid.grid.tables import format_status
 
-    report = retry(state_path(config_path, state), tag, workers)
-    click.echo(f"retried: {', '.join(report.acted_on) or 'nothing to retry'}")
+    params = RetryParams(memory_mb, site, tuple(excluded_sites), gb_per_job)
+    report = retry(state_path(config_path, state), tag, workers, params)
+    click.echo(f"retried: {', '.join(report.acted_on) or 'nothing'}")
     click.echo(format_status(report))
     if report.problem:
         raise UppGridError(report.problem)
@@ -326,13 +362,15 @@ def retry_cmd(config_path: Path | None, state: Path | None, tag: str,
 @_state_options
 @click.option("--tag", required=True, help="The submission tag.")
 def kill_cmd(config_path: Path | None, state: Path | None, tag: str) -> None:
-    """Kill the active tasks of a tag."""
+    """Kill the active tasks of a tag, each on its own."""
     from upp_grid.grid.control import kill, state_path
     from upp_grid.grid.tables import format_status
 
     report = kill(state_path(config_path, state), tag)
-    click.echo(f"killed: {', '.join(report.acted_on) or 'nothing active'}")
+    click.echo(f"killed: {', '.join(report.acted_on) or 'nothing'}")
     click.echo(format_status(report))
+    if report.refused:
+        raise UppGridError(report.problem or "a kill was refused")
 
 
 @cli.command("demo")

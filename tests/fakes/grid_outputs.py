@@ -1,10 +1,10 @@
 """Grid outputs for tests, made the way a PanDA task makes them.
 
-A task runs one job per input file of its container; job ``k`` (serial ``_00000k``) writes every
-declared output ``output_<split>_<component>.h5`` with the grid payload
-(:func:`upp_grid.stages.split.split_file`); the grid renames each output to
-``user.<nick>.<taskid>._<serial>.output_<component>.h5`` and adds it to a per-task dataset
-inside the output container ``<outDS>_output_<component>.h5``.
+A task's jobs each take some input files of its container (one file per job here, as JEDI may
+cut them); job ``k`` (serial ``_00000k``) writes its one output ``split.tar`` with the real grid
+payload (:func:`upp_grid.grid.worker.run`); the grid renames it to
+``user.<nick>.<taskid>._<serial>.split.tar`` and adds it to a per-task dataset inside the
+output container ``<outDS>_split.tar``.
 
 :func:`split_task` runs those jobs locally; :func:`upload_task_outputs` uploads them to the rucio
 test server under those names (the rucio client must be configured in this process), and
@@ -18,28 +18,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upp_grid.config import Config
-from upp_grid.grid.tasks import TaskSpec
 from upp_grid.grid.store import LocalStore
-from upp_grid.stages.split import split_file
+from upp_grid.grid.tasks import TaskSpec
+from upp_grid.grid.worker import run as run_worker
 
 
 @dataclass(frozen=True)
 class JobOutputs:
-    """The outputs of one grid job: ``directory/<spec output file>`` for every declared output."""
+    """The output of one grid job: ``directory/split.tar``."""
 
     serial: str  # "_000001"
-    input: Path
+    input: Path  # the first input
     directory: Path
+    inputs: tuple[Path, ...] = ()
 
 
-def split_task(config: Config, spec: TaskSpec, work: Path) -> list[JobOutputs]:
-    """Run the task's jobs (one per input file, serials from 1) into ``work/<serial>/``."""
+def split_task(config: Config, spec: TaskSpec, work: Path, files_per_job: int = 1
+               ) -> list[JobOutputs]:
+    """Run the task's jobs (``files_per_job`` inputs each, serials from 1) with the real
+    worker payload into ``work/<serial>/split.tar``."""
     jobs = []
-    for k, path in enumerate(spec.files, start=1):
+    groups = [spec.files[i:i + files_per_job] for i in range(0, len(spec.files), files_per_job)]
+    for k, group in enumerate(groups, start=1):
         serial = f"_{k:06d}"
         out = work / spec.container / serial
-        split_file(config, path, out, spec.samples)
-        jobs.append(JobOutputs(serial, path, out))
+        out.mkdir(parents=True, exist_ok=True)
+        code = run_worker(config.path, list(spec.samples), [str(p) for p in group], out)
+        assert code == 0, f"worker exit {code} for {group}"
+        jobs.append(JobOutputs(serial, group[0], out, tuple(group)))
     return jobs
 
 

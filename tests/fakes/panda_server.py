@@ -12,9 +12,19 @@ endpoint (under ``/api/v1/``)               method  pandaclient caller
 ``task/submit``                             POST    ``Client.insertTaskParams``
 ``task/get_status``                         GET     ``Client.getTaskStatus``
 ``task/get_details``                        GET     ``Client.getJediTaskDetails``
-``task/retry``                              POST    ``Client.retryTask``
+``task/get_tasks_detailed_info_since``      GET     ``Client.get_tasks_detailed_info_since``
+``task/get_job_descriptions``               GET     ``Client.get_job_descriptions``
+``task/retry``                              POST    ``Client.retryTask`` (``newParams`` too)
 ``task/kill``                               POST    ``Client.killTask``
 ==========================================  ======  ==============================================
+
+Each behaviour follows panda-server (PanDAWMS/panda-server, ``pandaserver/api/v1/task_api.py``
+and ``pandaserver/taskbuffer/db_proxy_mods/``); the function it follows is named where it is
+implemented. In particular, and unlike a kind fake: a reused ``taskName`` reactivates the old
+task (code 3, old parameters kept) or is refused (code 2); ``get_details`` has no file counts;
+a plain retry of an aborted or exhausted task is refused; :meth:`FakePanda.scout_change_split_rule`
+removes ``nFilesPerJob`` as JEDI's scouts do, and :meth:`FakePanda.split_into_jobs` cuts a
+task's inputs into jobs with the task's current split rule.
 
 It also serves uploaded files under ``/cache/<name>``, where the grid pilot (and
 ``Client.getFile``) downloads the sandbox from.
@@ -39,6 +49,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,14 +100,31 @@ JEDI_STATES = frozenset(
         "aborted",
     }
 )
-# States in which a task will not change by itself any more; a kill is refused in them.
+# States in which a task will not change by itself any more.
 FINAL_STATES = frozenset({"done", "finished", "failed", "broken", "aborted"})
-# States a retry is accepted in.
-RETRYABLE_STATES = frozenset({"finished", "failed", "exhausted"})
+# sendCommandTaskPanda._check_command_allowed: kill/finish are refused in these
+KILL_REFUSED = frozenset({"finished", "done", "prepared", "broken", "aborted", "toabort",
+                          "aborting", "failed"})
+# _check_command_allowed: a plain retry is accepted only here (exhausted: production role only)
+RETRYABLE_STATES = frozenset({"finished", "failed"})
+# insertTaskParamsPanda: a task with the same taskName in these is reactivated (incexec)
+REACTIVATED_STATES = frozenset({"finished", "failed", "aborted", "done", "exhausted"})
+# insertTaskParamsPanda(allowActiveTask=True) (retry with new parameters) and
+# sendCommandTaskPanda (retry): "retry failed jobs" of a user task that is still active
+ACTIVE_RETRY_STATES = frozenset({"running", "scouting", "pending"})
+# insertTaskParamsPanda: the only parameters an incexec changes (task_split_rules
+# .changeable_split_rule_names included; dsFor* too)
+INCEXEC_PARAMS = frozenset({
+    "site", "cloud", "includedSite", "excludedSite", "cliParams", "nFiles", "nEvents",
+    "fixedSandbox", "currentPriority", "priority", "ramCount", "loopingCheck", "forceStaged",
+    "allowIncompleteInDS", "t1Weight", "nEsConsumers", "nMaxFilesPerJob", "nGBPerJob",
+    "noInputPooling", "nFilesPerJob", "nEventsPerWorker", "nJumboJobs", "avoidVP",
+    "allowInputLAN", "useLocalIO",
+})
 
 # Size limits of the real file server: files whose name starts with "sources." may be larger.
-SANDBOX_NO_BUILD_LIMIT = 100 * 1024 * 1024
-SANDBOX_LIMIT = 768 * 1024 * 1024
+SANDBOX_NO_BUILD_LIMIT = 10 * 1024 * 1024  # file_server_api.SANDBOX_NO_BUILD_LIMIT
+SANDBOX_LIMIT = 768 * 1024 * 1024  # file_server_api.SANDBOX_LIMIT
 
 SubmitHook = Callable[[int, dict[str, Any], Path | None], None]
 
@@ -150,6 +178,10 @@ class FakeTask:
     nfiles_failed: int = 0
     retries: int = 0
     status_history: list[str] = field(default_factory=list)
+    error_dialog: str | None = None
+    modified: float = 0.0
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    reactivations: int = 0
 
 
 @dataclass(frozen=True)
@@ -413,8 +445,10 @@ class FakePanda:
         nfiles: int | None = None,
         nfiles_finished: int | None = None,
         nfiles_failed: int | None = None,
+        error_dialog: str | None = None,
     ) -> None:
-        """Move a task to a JEDI state and optionally set its input file counts."""
+        """Move a task to a JEDI state and optionally set its input file counts and
+        ``errorDialog``."""
         if status not in JEDI_STATES:
             raise ValueError(f"unknown JEDI task state {status!r}")
         with self._lock:
@@ -426,6 +460,54 @@ class FakePanda:
                 task.nfiles_finished = nfiles_finished
             if nfiles_failed is not None:
                 task.nfiles_failed = nfiles_failed
+            if error_dialog is not None:
+                task.error_dialog = error_dialog
+
+    def add_job(self, task_id: int, status: str, inputs: list[str], **attributes: Any) -> int:
+        """Add a job to a task (as the server's JobSpec.to_dict_advanced lists it); returns its
+        PandaID. ``attributes``: e.g. ``transExitCode=3, pilotErrorDiag="..."``."""
+        with self._lock:
+            task = self._tasks[task_id]
+            panda_id = 5_000_000 + sum(len(t.jobs) for t in self._tasks.values()) + 1
+            files = [{"type": "input", "lfn": name, "scope": "user.test", "dataset": "in"}
+                     for name in inputs]
+            files.append({"type": "log", "lfn": f"log.{panda_id}.tgz", "scope": "user.test",
+                          "dataset": str((task.params.get("log") or {}).get("dataset", ""))})
+            task.jobs.append({"PandaID": panda_id, "jediTaskID": task_id, "jobStatus": status,
+                              "Files": files, **attributes})
+            return panda_id
+
+    def scout_change_split_rule(self, task_id: int) -> None:
+        """What JEDI's scouts do with ``SCOUT_CHANGE_SR_user`` (``task_utils_module``: the
+        scout checks of a task with short jobs): remove ``nFilesPerJob``, so later jobs take
+        as many files as the other rules allow."""
+        with self._lock:
+            self._tasks[task_id].params.pop("nFilesPerJob", None)
+
+    def split_into_jobs(self, task_id: int, files: list[tuple[str, int]]) -> list[list[str]]:
+        """Cut ``(name, bytes)`` inputs into jobs with the task's current split rule, as
+        JEDI's job generation does (simplified from ``JobSplitter``): ``nFilesPerJob`` files,
+        else as many as fit ``nGBPerJob`` GB, at most ``nMaxFilesPerJob`` (200)."""
+        with self._lock:
+            params = dict(self._tasks[task_id].params)
+        max_files = int(params.get("nMaxFilesPerJob") or 200)
+        per_job = params.get("nFilesPerJob")
+        if per_job:
+            n = int(per_job)
+            return [[f for f, _ in files[i:i + n]] for i in range(0, len(files), n)]
+        limit = int(params.get("nGBPerJob") or 0) * 1024**3 or None
+        jobs: list[list[str]] = []
+        current: list[str] = []
+        size = 0
+        for name, nbytes in files:
+            if current and (len(current) >= max_files or (limit and size + nbytes > limit)):
+                jobs.append(current)
+                current, size = [], 0
+            current.append(name)
+            size += nbytes
+        if current:
+            jobs.append(current)
+        return jobs
 
     def fail_next_submit(self, message: str = "server error", code: int = 4) -> None:
         """Refuse the next task submission with this message and JEDI return code."""
@@ -490,6 +572,8 @@ class FakePanda:
             "task/submit": ("POST", self._submit),
             "task/get_status": ("GET", self._get_status),
             "task/get_details": ("GET", self._get_details),
+            "task/get_tasks_detailed_info_since": ("GET", self._detailed_info_since),
+            "task/get_job_descriptions": ("GET", self._job_descriptions),
             "task/retry": ("POST", self._retry),
             "task/kill": ("POST", self._kill),
         }
@@ -558,25 +642,52 @@ class FakePanda:
         task_name = task_params.get("taskName")
         with self._lock:
             if self.unique_task_names and task_params.get("uniqueTaskName"):
-                for other in self._tasks.values():
-                    if other.params.get("taskName") == task_name and other.status not in {
-                        "aborted",
-                        "broken",
-                    }:
-                        return _envelope(
-                            False,
-                            f"taskName={task_name} is already used by jediTaskID={other.task_id}",
-                            2,
-                        )
+                # task_event_module.insertTaskParamsPanda: the latest task of this user with
+                # the same taskName decides
+                same = [t for t in self._tasks.values() if t.params.get("taskName") == task_name]
+                if same:
+                    old = same[-1]
+                    code, message = self._reuse_name(old, task_params, allow_active=False)
+                    # task_api.submit: success for codes 0 and 3, data = the task id
+                    if code == 3:
+                        return _envelope(True, message, old.task_id)
+                    return _envelope(False, message, code)
             task_id = self._next_task_id
             self._next_task_id += 1
             name = sandbox_name(task_params)
             sandbox = self.cached_file(name) if name else None
             task = FakeTask(task_id, copy.deepcopy(task_params), sandbox)
             task.status_history.append(task.status)
+            task.modified = time.time()
             self._tasks[task_id] = task
         self._run_hook(self.on_submit, task)
         return _envelope(True, f"succeeded. new jediTaskID={task_id}", task_id)
+
+    def _reuse_name(self, old: FakeTask, new_params: dict[str, Any], allow_active: bool
+                    ) -> tuple[int, str]:
+        """``task_event_module.insertTaskParamsPanda`` for a taskName held by ``old``:
+        reactivation (incexec, code 3) of a finished/failed/aborted/done/exhausted task, with
+        only :data:`INCEXEC_PARAMS` taken from the new parameters (the old exec, outputs and
+        sandbox stay); with ``allow_active`` (a retry with new parameters) an active user task
+        gets the new parameters (code 5); anything else is refused (code 2)."""
+        taken = {k: v for k, v in new_params.items()
+                 if k in INCEXEC_PARAMS or k.startswith("dsFor")}
+        name = new_params.get("taskName")
+        if old.status in REACTIVATED_STATES:
+            previous = old.status
+            old.params.update(taken)
+            old.reactivations += 1
+            old.nfiles_failed = 0
+            self._set_status(old, "running")
+            return 3, (f"reactivation accepted. jediTaskID={old.task_id} (currently in "
+                       f"{previous} state) will be re-executed with old and/or new input")
+        if allow_active and old.status in ACTIVE_RETRY_STATES:
+            old.params.update(taken)
+            return 5, f"{old.status}. new tasks params have been set to jediTaskID={old.task_id}. "
+        return 2, (f"jediTaskID={old.task_id} is in the {old.status} state for outDS={name}. "
+                   "You can re-submit the task with new parameters for the same or another "
+                   "input once it goes into finished/failed/done. Or you can retry the task "
+                   "once it goes into running/finished/failed/done. ")
 
     def _lookup(self, params: dict[str, Any]) -> tuple[int | None, FakeTask | None]:
         try:
@@ -614,54 +725,138 @@ class FakePanda:
                 "PandaID": [],
                 "mergeStatus": None,
                 "mergePandaID": [],
-                "nFiles": task.nfiles,
-                "nFilesFinished": task.nfiles_finished,
-                "nFilesFailed": task.nfiles_failed,
             }
+            # TaskBuffer.getJediTaskDetails: statistics "finished*N,failed*M"; no nFiles
+            counts = {"finished": task.nfiles_finished, "failed": task.nfiles_failed}
+            details["statistics"] = ",".join(f"{k}*{v}" for k, v in counts.items() if v)
+            details["PandaID"] = [j["PandaID"] for j in task.jobs]
             if _parse_bool(params.get("include_parameters", False)):
                 details["taskParams"] = copy.deepcopy(task.params)
         return _envelope(True, data=details)
 
-    def _command(self, command: str, params: dict[str, Any]) -> tuple[int, str, FakeTask | None]:
-        """Apply a task command; returns (JEDI return code, message, task)."""
+    def _detailed_info_since(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``task_api.get_tasks_detailed_info_since``: equality filters and ``since`` select up
+        to ``n_tasks`` of the user's tasks first (``getTaskIDsWithCriteria_JEDI``, in no set
+        order: here the newest first), and only then are regex-looking filters applied, so a
+        ``"id|id"`` filter can miss tasks when the user has more than ``n_tasks``."""
+        try:
+            n_tasks = int(params.get("n_tasks", 500))
+            filters = json.loads(params["filters"]) if params.get("filters") else {}
+        except (TypeError, ValueError):
+            return _envelope(False, "filters is not valid JSON")
+        since = params.get("since")
+        floor = 0.0
+        if since:
+            try:
+                floor = time.mktime(time.strptime(since, "%Y-%m-%d %H:%M:%S")) - time.timezone
+            except ValueError:
+                return _envelope(False, "Failed to retrieve task IDs")
+        meta = r"^$*+?\|()"
+        with self._lock:
+            details = [self._task_details(t) for t in reversed(list(self._tasks.values()))
+                       if t.modified >= floor]
+        plain = {k: v for k, v in filters.items() if not any(c in str(v) for c in meta)}
+        regex = {k: v for k, v in filters.items() if k not in plain}
+        selected = [d for d in details
+                    if all(str(d.get(k)) == str(v) for k, v in plain.items())][:n_tasks]
+        out = [d for d in selected
+               if all(re.search(v, str(d[k])) for k, v in regex.items() if k in d)]
+        return _envelope(True, data=out)
+
+    def _task_details(self, task: FakeTask) -> dict[str, Any]:
+        """``task_utils_module.get_task_details_json``: the task's attributes plus the input
+        file progress (nFiles, nFilesFinished, nFilesFailed, ...)."""
+        n = task.nfiles
+        return {
+            "jediTaskID": task.task_id, "taskName": task.params.get("taskName"),
+            "status": task.status, "errorDialog": task.error_dialog,
+            "ramCount": task.params.get("ramCount"), "site": task.params.get("site"),
+            "architecture": task.params.get("architecture"),
+            "container_name": task.params.get("container_name"),
+            "nFiles": n, "nFilesFinished": task.nfiles_finished,
+            "nFilesFailed": task.nfiles_failed, "nFilesMissing": 0,
+            "pctFinished": round(100 * task.nfiles_finished / n) if n else 0,
+            "pctFailed": round(100 * task.nfiles_failed / n) if n else 0,
+            "raw_task_params": copy.deepcopy(task.params),
+        }
+
+    def _job_descriptions(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``task_api.get_job_descriptions``: the task's jobs, only failed, cancelled or
+        closed ones with ``unsuccessful_only``; success with an empty list for none."""
         task_id, task = self._lookup(params)
         if task_id is None:
-            return 101, "jediTaskID must be an integer", None
-        if task is None:
-            return 2, f"jediTaskID={task_id} not found", None
+            return _envelope(False, "jediTaskID must be an integer")
+        only_bad = _parse_bool(params.get("unsuccessful_only", False))
         with self._lock:
-            if command == "retry":
-                if task.status not in RETRYABLE_STATES:
-                    return 4, f"retry is not accepted when the task is {task.status}", task
-                new_params = params.get("new_parameters")
-                if isinstance(new_params, str):
-                    new_params = json.loads(new_params)
-                if isinstance(new_params, dict):
-                    task.params.update(new_params)
-                task.retries += 1
-                task.nfiles_failed = 0
-                self._set_status(task, "running")
-            else:
-                if task.status in FINAL_STATES:
-                    return 4, f"kill is not accepted when the task is {task.status}", task
-                self._set_status(task, "aborted")
-            self._commands.append((command, task.task_id))
-        return 0, f"command={command} is registered for jediTaskID={task.task_id}", task
+            jobs = [] if task is None else copy.deepcopy(task.jobs)
+        if only_bad:
+            jobs = [j for j in jobs if j.get("jobStatus") in {"failed", "cancelled", "closed"}]
+        return _envelope(True, data=jobs)
 
     def _retry(self, params: dict[str, Any]) -> dict[str, Any]:
-        code, message, task = self._command("retry", params)
-        if code == 0 and task is not None:
+        """``task_api.retry``: with ``new_parameters``, the old parameters updated with them go
+        through ``insertTaskParamsPanda(allowActiveTask=True)`` (:meth:`_reuse_name`); else
+        ``sendCommandTaskPanda("retry")``. Code 5 (an active user task) becomes "retry has been
+        triggered for failed jobs": 0, or 3 with new parameters. The answer is always
+        ``success: true`` with the code in ``data``."""
+        task_id, task = self._lookup(params)
+        if task_id is None:
+            return _envelope(False, "jediTaskID must be an integer")
+        if task is None:
+            return _envelope(True, f"jediTaskID={task_id} not found", 2)
+        new_params = params.get("new_parameters")
+        if isinstance(new_params, str):
+            new_params = json.loads(new_params)
+        with self._lock:
+            if new_params:
+                merged = {**copy.deepcopy(task.params), **new_params}
+                code, message = self._reuse_name(task, merged, allow_active=True)
+            elif task.status in RETRYABLE_STATES:
+                task.nfiles_failed = 0
+                self._set_status(task, "running")
+                code, message = 0, (f"command=retry is registered for task ID {task_id}. will "
+                                    "be executed in a few minutes")
+            elif task.status in ACTIVE_RETRY_STATES:
+                code, message = 5, task.status
+            else:
+                extra = " and production role is missing" if task.status == "exhausted" else ""
+                code, message = 4, (f"Command rejected: the retry command is not accepted if "
+                                    f"the task is in {task.status} status{extra}")
+            if code == 5:
+                message = (f"retry has been triggered for failed jobs while the task is still "
+                           f"{task.status}")
+                code = 3 if new_params else 0
+            if code in (0, 3):
+                task.retries += 1
+                task.modified = time.time()
+                self._commands.append(("retry", task.task_id))
+        if code in (0, 3):
             self._run_hook(self.on_retry, task)
-        return _envelope(code == 0, message, code)
+        return _envelope(True, message, code)
 
     def _kill(self, params: dict[str, Any]) -> dict[str, Any]:
-        code, message, _task = self._command("kill", params)
-        return _envelope(code == 0, message, code)
+        """``task_api.kill`` / ``sendCommandTaskPanda("kill")``: refused (4) in the states of
+        :data:`KILL_REFUSED`; ``success`` is ``data == 0``."""
+        task_id, task = self._lookup(params)
+        if task_id is None:
+            return _envelope(False, "jediTaskID must be an integer")
+        if task is None:
+            return _envelope(False, f"jediTaskID={task_id} not found", 2)
+        with self._lock:
+            if task.status in KILL_REFUSED:
+                return _envelope(False, f"Command rejected: the kill command is not accepted "
+                                        f"if the task is in {task.status} status", 4)
+            self._set_status(task, "aborted")
+            task.modified = time.time()
+            self._commands.append(("kill", task.task_id))
+        return _envelope(True, f"command=kill is registered for task ID {task_id}. will be "
+                               "executed in a few minutes", 0)
 
     @staticmethod
     def _set_status(task: FakeTask, status: str) -> None:
         task.status = status
         task.status_history.append(status)
+        task.modified = time.time()
 
     def _run_hook(self, hook: SubmitHook | None, task: FakeTask) -> None:
         if hook is None:

@@ -62,17 +62,26 @@ class GridSite:
                 sandboxes.unpack(sandbox, unpacked)
         inputs = sorted((self.ntuple_dir / params["dsForIN"]).glob("*.h5"))
         command = shlex.split(exec_of(params))
+        assert self.fake is not None
+        # JEDI: the scout job takes the first job of the split rule; then the scouts find the
+        # jobs short and remove nFilesPerJob, so the later jobs take all the other files
+        sizes = [(p.name, p.stat().st_size) for p in inputs]
+        scout = self.fake.split_into_jobs(task_id, sizes)[0]
+        self.fake.scout_change_split_rule(task_id)
+        rest = self.fake.split_into_jobs(task_id, sizes[len(scout):])
+        by_name = {p.name: p for p in inputs}
+        jobs = [[by_name[n] for n in job] for job in [scout, *rest]]
         with ThreadPoolExecutor(max_workers=2) as pool:
             runs = list(pool.map(lambda job: self._run_job(task_id, job[0], job[1], unpacked,
-                                                           command), enumerate(inputs, 1)))
-        self.jobs[task_id] = runs
+                                                           command), enumerate(jobs, 1)))
+        self.jobs[task_id] = [len(job) for job in jobs]
         for run in runs:
             assert run.returncode == 0, run.stdout + run.stderr
         outputs = output_templates(params)
         files = [GridFile(self._job_dir(task_id, k) / name,
                           template.replace("$JEDITASKID", str(task_id))
                           .replace("${SN/P}", f"{k:06d}"), container)
-                 for k in range(1, len(inputs) + 1)
+                 for k in range(1, len(jobs) + 1)
                  for name, (template, container) in outputs.items()]
         scope = scope_of(next(iter(outputs.values()))[0])
         upload_grid_files(self.rse, scope, task_id, files, [c for _, c in outputs.values()])
@@ -83,15 +92,17 @@ class GridSite:
     def _job_dir(self, task_id: int, k: int) -> Path:
         return self.work / "jobs" / str(task_id) / f"{k:06d}"
 
-    def _run_job(self, task_id: int, k: int, source: Path, sandbox: Path,
+    def _run_job(self, task_id: int, k: int, sources: list[Path], sandbox: Path,
                  command: list[str]) -> subprocess.CompletedProcess[str]:
-        """One job: the sandbox and the staged input in a fresh directory, then the command."""
+        """One job: the sandbox and the staged inputs in a fresh directory, then the command
+        with ``%IN`` the comma-separated inputs (runGen)."""
         job = self._job_dir(task_id, k)
         job.mkdir(parents=True)
         for member in sandbox.iterdir():
             (job / member.name).symlink_to(member)
-        (job / source.name).symlink_to(source)
-        argv = [source.name if arg == "%IN" else arg for arg in command]
+        for source in sources:
+            (job / source.name).symlink_to(source)
+        argv = [",".join(s.name for s in sources) if arg == "%IN" else arg for arg in command]
         env = {"PATH": os.environ["PATH"], "HOME": str(job)}
         return subprocess.run(argv, cwd=job, env=env, capture_output=True, text=True,
                               timeout=300, check=False)
@@ -115,7 +126,7 @@ def output_templates(params: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 def test_submit_status_download_gives_the_training_files_of_a_local_run(
         rucio_server, rucio_client_config, tmp_path):
-    project = make_project(tmp_path / "grid", jets=3000, files=3, seed=5)
+    project = make_project(tmp_path / "grid", jets=3000, files=5, seed=5)
     ntuples = project.base / "ntuples"
     config = write_config(project.base, ntuples)  # the demo config, two flavours
     site = GridSite(rucio_server.rse, ntuples, tmp_path / "site")
@@ -124,12 +135,14 @@ def test_submit_status_download_gives_the_training_files_of_a_local_run(
         site.fake = fake
         panda_env = {**project.env, **fake.client_env(nickname=USER)}
 
-        submitted = run_cli(["submit", "-c", config, "--tag", TAG], panda_env, cwd=project.base)
+        submitted = run_cli(["submit", "-c", config, "--tag", TAG, "--files-per-job", "1",
+                             "--allow-local-python"], panda_env, cwd=project.base)
         assert submitted.returncode == 0, submitted.stderr
         fake.wait_for_hooks(timeout=300)
         assert fake.hook_errors == []
-        # one job per input file: ttbar has two, Z' one
-        assert {task: len(runs) for task, runs in site.jobs.items()} == {1000: 2, 1001: 1}
+        # ttbar has 3 files, Z' 2: a one-file scout job each, then the scouts dropped
+        # nFilesPerJob and the other files went to one job
+        assert site.jobs == {1000: [1, 2], 1001: [1, 1]}
 
         status = run_cli(["status", "-c", config, "--tag", TAG, "--json"], panda_env)
         assert status.returncode == 0, status.stderr
@@ -139,9 +152,9 @@ def test_submit_status_download_gives_the_training_files_of_a_local_run(
     rucio_env = {**project.env, **rucio_server.client_env()}
     downloaded = run_cli(["download", "-c", config, "--tag", TAG, "--no-plots"], rucio_env)
     assert downloaded.returncode == 0, downloaded.stderr
-    assert "fetched and verified now: 18 files" in downloaded.stdout
+    assert "fetched and verified now: 4 files" in downloaded.stdout  # one per job
     rows = ledger(config, TAG)
-    assert len(rows) == 18 and {r["state"] for r in rows.values()} == {"verified"}
+    assert len(rows) == 4 and {r["state"] for r in rows.values()} == {"verified"}
 
     local = write_config(tmp_path / "local", ntuples)
     ran = run_cli(["run", "-c", local, "--no-plots"], project.env)

@@ -10,8 +10,7 @@ from tests.grid_support import TTBAR, ZPRIME, make_project
 from upp_grid.config import load_config
 from upp_grid.errors import InputError, UppGridError
 from upp_grid.grid import names
-from upp_grid.grid.tasks import plan_tasks
-from upp_grid.stages.split import declared_outputs
+from upp_grid.grid.tasks import TaskOptions, check_extra_prun_args, group_inputs, plan_tasks
 
 MC = ("mc20_13TeV.601589.PhPy8EG_A14_ttbar_hdamp258p75_nonallhad.deriv.DAOD_FTAG1."
       "e8547_s3797_r13144_p6859")
@@ -75,32 +74,74 @@ def config(tmp_path_factory: pytest.TempPathFactory):
     return load_config(project.config)
 
 
-def test_one_task_per_container_with_every_declared_output(config):
+def test_one_task_per_container_with_one_output_per_job_on_a_pinned_platform(config):
     specs = plan_tasks(config, "v1", "jdoe", ["--memory", "3000"])
 
     assert [(s.container, s.samples, len(s.files)) for s in specs] == [
         (TTBAR, ("ttbar",), 2), (ZPRIME, ("zprime",), 2)]
     ttbar = specs[0]
     assert ttbar.out_ds == "user.jdoe.601589.e8547_s3797_r13144_p6859.v1_split.h5"
-    assert [o.file for o in ttbar.outputs] == [o.filename for o in
-                                              declared_outputs(config, ["ttbar"])]
-    assert all(o.container == f"{ttbar.out_ds}_{o.file}" for o in ttbar.outputs)
+    assert [(o.file, o.container) for o in ttbar.outputs] == [
+        ("split.tar", f"{ttbar.out_ds}_split.tar")]
     assert ttbar.command == "bash grid/split.sh --samples ttbar %IN"
     args = " ".join(ttbar.prun_args)
-    for option in ("--nFilesPerJob 1", "--forceStaged", "--noCompile",
-                   "--unlimitNumOutputs", f"--inDS {TTBAR}", f"--outDS {ttbar.out_ds}"):
+    for option in ("--nGBPerJob 10", "--forceStaged", "--noCompile", "--architecture @el9",
+                   "--outputs split.tar", "-y", f"--inDS {TTBAR}", f"--outDS {ttbar.out_ds}"):
         assert option in args
+    assert "--unlimitNumOutputs" not in args and "--nFilesPerJob" not in args
     assert ttbar.prun_args[-2:] == ("--memory", "3000")
 
 
-def test_options_upp_grid_sets_cannot_be_passed_through(config):
-    with pytest.raises(UppGridError, match="--outDS after '--' is set by upp-grid"):
-        plan_tasks(config, "v1", "jdoe", ["--outDS=user.jdoe.x"])
+def test_container_mode_and_job_size_options_reach_prun(config):
+    options = TaskOptions(container_image="/cvmfs/unpacked.cern.ch/img:1", files_per_job=5,
+                          dest_se="CERN-PROD_SCRATCHDISK")
+    args = " ".join(plan_tasks(config, "v1", "jdoe", options=options)[0].prun_args)
+    for option in ("--containerImage /cvmfs/unpacked.cern.ch/img:1", "--nFilesPerJob 5",
+                   "--destSE CERN-PROD_SCRATCHDISK"):
+        assert option in args
+    assert "--noCompile" not in args and "--architecture" not in args
+    assert "--nGBPerJob" not in args
+
+
+def test_a_resubmission_attempt_gets_its_own_out_ds(config):
+    spec = plan_tasks(config, "v1", "jdoe", attempts={TTBAR: 3})[0]
+    assert spec.out_ds == "user.jdoe.601589.e8547_s3797_r13144_p6859.v1.try3_split.h5"
+    assert spec.attempt == 3
+    with pytest.raises(names.DatasetNameError, match="may not end in '.try<N>'"):
+        plan_tasks(config, "v1.try2", "jdoe")
+
+
+@pytest.mark.parametrize("arg", ["--outDS=user.jdoe.x", "--nFilesPerJo=50", "--nGBPerJ=3",
+                                 "--containerIm", "--architecture=@el8", "--unlimitNumOutputs",
+                                 "--noBuild"])
+def test_options_upp_grid_sets_cannot_be_passed_through_even_abbreviated(config, arg):
+    with pytest.raises(UppGridError, match="after '--' is set by upp-grid itself") as err:
+        plan_tasks(config, "v1", "jdoe", [arg, "x"] if arg == "--containerIm" else [arg])
+    assert "\n" not in str(err.value)
+
+
+def test_other_prun_options_pass_and_unknown_ones_are_named():
+    assert check_extra_prun_args(["--memory", "3000", "--site=ANALY_X"]) == (
+        "--memory", "3000", "--site=ANALY_X")
+    with pytest.raises(UppGridError, match="prun has no option --nosuch"):
+        check_extra_prun_args(["--nosuch"])
+
+
+def test_files_are_grouped_into_jobs_by_size_or_count(tmp_path):
+    files = []
+    for i in range(5):
+        f = tmp_path / f"f{i}.h5"
+        f.write_bytes(b"x" * 10)
+        files.append(f)
+    assert [len(j) for j in group_inputs(files, TaskOptions(files_per_job=2))] == [2, 2, 1]
+    assert [len(j) for j in group_inputs(files, TaskOptions())] == [5]
+    with pytest.raises(UppGridError, match="exclude each other"):
+        TaskOptions(gb_per_job=3, files_per_job=2)
 
 
 def test_a_tag_too_long_for_the_output_containers_is_refused_up_front(config):
     with pytest.raises(names.DatasetNameError, match="use a shorter --tag"):
-        plan_tasks(config, "t" * 60, "jdoe")
+        plan_tasks(config, "t" * 64, "j" * 30)
 
 
 def test_a_glob_pattern_must_name_exactly_one_container(config, tmp_path):

@@ -58,13 +58,13 @@ def test_new_state_file_has_schema_version_and_wal(tmp_path):
     with StateDB(tmp_path / "s.sqlite"):
         pass
     db = sqlite3.connect(tmp_path / "s.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
-    message = (f"{tmp_path / 's.sqlite'}: written by a newer upp-grid (schema 3, this one reads "
-               "up to 2): upgrade upp-grid")
+    message = (f"{tmp_path / 's.sqlite'}: written by a newer upp-grid (schema 4, this one reads "
+               "up to 3): upgrade upp-grid")
     with pytest.raises(StateError) as err:
         StateDB(tmp_path / "s.sqlite")
     assert str(err.value) == message
@@ -101,10 +101,38 @@ def test_a_schema_1_file_is_migrated_and_keeps_its_rows(tmp_path, with_download_
         assert [f.name for f in state.download_files("v2")] == ["f.h5"]
 
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "download_files" in tables and "download_meta" not in tables
+    assert "task_attempts" in tables
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_schema_2_file_is_migrated_and_every_task_becomes_an_attempt(tmp_path):
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    for version in (1, 2):
+        for statement in MIGRATIONS[version]:
+            db.execute(statement)
+    db.execute("INSERT INTO submissions VALUES ('v1', 'panda', '/cfg.yaml', 'hash', 'jdoe', "
+               "'/sb.tar.gz', NULL, NULL, 'then', 'then')")
+    db.execute("""INSERT INTO tasks (tag, container, samples, out_ds, outputs, command, status,
+                  jedi_task_id, attempt, submitted_at, updated_at) VALUES ('v1', 'c', '["s"]',
+                  'user.jdoe.1.e1.v1_split.h5', '[]', 'cmd', 'done', 1000, 2, 'then', 'then')""")
+    db.executescript(V1_DOWNLOAD_TABLES.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+
+    with StateDB(path) as state:
+        (task,) = state.tasks("v1")
+        assert (task.jedi_task_id, task.attempt, task.runtime, task.error_dialog) == (
+            1000, 2, None, None)
+        (attempt,) = state.attempts("v1")
+        assert (attempt.out_ds, attempt.jedi_task_id, attempt.outcome) == (
+            "user.jdoe.1.e1.v1_split.h5", 1000, "submitted")
+        assert state.next_attempts("v1") == {"c": 3}
+        assert [f.state for f in state.download_files("v1")] == ["verified"]
 
 
 def test_a_file_with_only_the_old_download_tables_is_migrated(tmp_path):
@@ -153,14 +181,27 @@ def test_task_transitions_are_recorded_as_events(tmp_path):
         state.update_task(task.id, status="running", backend_status="running")
         state.update_task(task.id, status="running", backend_status="running")  # no change
         state.update_task(task.id, status="failed", backend_status="failed", counts=(3, 2, 1))
-        again = state.record_task(submission(backend="panda"), spec("a"), status="submitted",
-                                  jedi_task_id=1001)
+        again = state.record_task(submission(backend="panda"), replace(spec("a"), attempt=2),
+                                  status="submitted", jedi_task_id=1001)
 
         assert [e.event for e in state.events("v1")] == ["submitted", "running", "failed",
                                                          "submitted"]
         assert (again.id, again.jedi_task_id, again.attempt, again.n_files) == (task.id, 1001,
                                                                                 2, None)
         assert state.submission("v1").backend == "panda"
+        assert [(a.attempt, a.jedi_task_id) for a in state.attempts("v1", "a")] == [
+            (1, 1000), (2, 1001)]
+        assert again.runtime == {"runtime": "@el9", "platform": "el9", "image": None,
+                                 "job_size": "10 GB per job", "dest_se": None}
+
+
+def test_a_name_panda_did_not_turn_into_a_task_is_never_used_again(tmp_path):
+    with StateDB(tmp_path / "s.sqlite") as state:
+        state.record_unused_name(submission(backend="panda"), spec("a"), "reactivated",
+                                 "reactivation accepted. jediTaskID=77", 77)
+        assert state.tasks("v1") == []
+        assert state.next_attempts("v1") == {"a": 2}
+        assert [e.event for e in state.events("v1")] == ["reactivated"]
 
 
 def test_a_job_ends_once_per_attempt(tmp_path):

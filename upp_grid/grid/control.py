@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.backend import open_backend
+from upp_grid.grid.backend import FailedJob, RetryParams, TaskAction, open_backend
 from upp_grid.grid.state import (
     JobRecord,
     StateDB,
@@ -42,10 +42,23 @@ class StatusReport:
     tags: list[TagReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     acted_on: list[str] = field(default_factory=list)
+    actions: list[TaskAction] = field(default_factory=list)
+    failed_jobs: list[FailedJob] | None = None  #: ``status --failed``
+
+    @property
+    def refused(self) -> list[TaskAction]:
+        """Requests the backend refused (retry/kill), each one named."""
+        return [a for a in self.actions if a.sent and not a.accepted]
 
     @property
     def problem(self) -> str | None:
-        """One line if jobs still fail after a retry (local backend), else None."""
+        """One line if the backend refused a task's retry/kill, or jobs still fail after a
+        retry (local backend), else None."""
+        if self.refused:
+            first = self.refused[0]
+            more = f" (+{len(self.refused) - 1} more, listed above)" * (len(self.refused) > 1)
+            return (f"{first.container} ({first.task}): refused: {first.message}{more}; the "
+                    "other tasks were acted on")
         failed = [(r.submission.tag, sum(len([j for j in jobs if j.state == "failed"])
                                          for jobs in r.jobs.values())) for r in self.tags]
         failed = [(tag, n) for tag, n in failed if n]
@@ -56,8 +69,13 @@ class StatusReport:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (``status --json``)."""
-        return {"state": str(self.state_path), "warnings": self.warnings,
-                "tags": [_tag_dict(r) for r in self.tags]}
+        out: dict[str, Any] = {"state": str(self.state_path), "warnings": self.warnings,
+                               "tags": [_tag_dict(r) for r in self.tags]}
+        if self.actions:
+            out["actions"] = [asdict(a) for a in self.actions]
+        if self.failed_jobs is not None:
+            out["failed_jobs"] = [asdict(j) for j in self.failed_jobs]
+        return out
 
 
 def _tag_dict(report: TagReport) -> dict[str, Any]:
@@ -99,23 +117,35 @@ def _report(state: StateDB, sub: Submission, tasks: list[TaskRecord],
     return TagReport(sub, tasks, {k: v for k, v in jobs.items() if v}, refreshed)
 
 
-def status(path: Path, tag: str | None = None) -> StatusReport:
-    """Refresh and report every tag (or one)."""
+def status(path: Path, tag: str | None = None, failed: bool = False) -> StatusReport:
+    """Refresh and report every tag (or one); ``failed``: also list the failed jobs."""
     report = StatusReport(path)
+    if failed:
+        report.failed_jobs = []
     with StateDB(path, create=False) as state:
         for sub in _submissions(state, tag):
+            backend = open_backend(sub.backend, state)
             try:
-                tasks = open_backend(sub.backend, state).refresh(sub)
+                tasks = backend.refresh(sub)
                 report.tags.append(_report(state, sub, tasks))
             except UppGridError as err:
                 report.warnings.append(f"tag '{sub.tag}': showing the last known state: {err}")
                 report.tags.append(_report(state, sub, state.tasks(sub.tag), refreshed=False))
+                continue
+            if failed:
+                try:
+                    report.failed_jobs += backend.failed_jobs(sub)
+                except UppGridError as err:
+                    report.warnings.append(f"tag '{sub.tag}': cannot list the failed jobs: "
+                                           f"{err}")
     return report
 
 
-def retry(path: Path, tag: str, workers: int | None = None) -> StatusReport:
-    """Retry the failed work of a tag (failed or partial tasks; failed local jobs)."""
-    return _act(path, tag, "retry", workers)
+def retry(path: Path, tag: str, workers: int | None = None,
+          params: RetryParams | None = None) -> StatusReport:
+    """Retry the failed work of a tag (failed, partial or aborted tasks; failed local jobs),
+    with new task parameters if given."""
+    return _act(path, tag, "retry", workers, params)
 
 
 def kill(path: Path, tag: str) -> StatusReport:
@@ -123,14 +153,14 @@ def kill(path: Path, tag: str) -> StatusReport:
     return _act(path, tag, "kill", None)
 
 
-def _act(path: Path, tag: str, action: str, workers: int | None) -> StatusReport:
+def _act(path: Path, tag: str, action: str, workers: int | None,
+         params: RetryParams | None = None) -> StatusReport:
     report = StatusReport(path)
     with StateDB(path, create=False) as state:
         sub = _submissions(state, tag)[0]
-        seen = len(state.events(tag))
         backend = open_backend(sub.backend, state, workers=workers)
-        tasks = backend.retry(sub) if action == "retry" else backend.kill(sub)
-        report.acted_on = sorted({e.container for e in state.events(tag)[seen:] if e.container
-                                  and (e.event == action or (e.detail or "").startswith(action))})
-        report.tags.append(_report(state, sub, tasks))
+        done = backend.retry(sub, params) if action == "retry" else backend.kill(sub)
+        report.actions = done.actions
+        report.acted_on = sorted({a.container for a in done.actions if a.accepted})
+        report.tags.append(_report(state, sub, done.tasks))
     return report

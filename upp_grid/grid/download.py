@@ -8,10 +8,13 @@ Flow
    (:mod:`upp_grid.grid.sources`: rucio or the local store). Missing containers are an error
    that lists them all with the reason the state DB gives.
 3. **Fetch** the files not yet verified and **verify** each (:mod:`upp_grid.grid.transfer`);
-   every verified file is recorded (:mod:`upp_grid.grid.download_records`), so a rerun fetches nothing
-   twice. A file still bad after the retries fails the command, naming the dataset and the file.
-4. **Completeness.** Inputs without outputs (a failed job, a task that is not done) are listed;
-   the command refuses to prepare them unless ``--allow-partial``. Loss is never silent.
+   every verified file is recorded (:mod:`upp_grid.grid.download_records`), so a rerun fetches
+   nothing twice. A file still bad after the retries fails the command, naming the dataset
+   and the file.
+4. **Completeness.** From the provenance each job output records: an input covered by two jobs
+   is an error naming it; inputs without outputs (a failed job, a task that is not done) are
+   listed, and the command refuses to prepare without them unless ``--allow-partial``. Loss is
+   never silent.
 5. **Prepare** (:mod:`upp_grid.grid.prepare`): the catalogue (``organised-components.yaml``),
    then, unless ``--prepare-only``, weights, merge (train, val, test) and norm, locally.
 """
@@ -96,11 +99,11 @@ def download_and_prepare(config: Config, options: DownloadOptions,
         outputs = find_outputs(config, options.tag, state, user)
         if options.download:
             wanted, result, description = _fetch(outputs, options, state, components_dir,
-                                                  progress)
+                                                  progress, config.jets_name)
         else:
             wanted = verified_downloads(state, options.tag)
             result, description = None, "files downloaded before (--no-download)"
-    incomplete = tuple(find_incomplete(outputs, wanted))
+    incomplete = tuple(find_incomplete(outputs, wanted, config))
     _check_complete(incomplete, options.allow_partial)
     check_layout(components_dir, options.tag, (w.dest for w in wanted))
     prepared = prepare(config, options.prepare_only, options.plots, progress)
@@ -109,7 +112,8 @@ def download_and_prepare(config: Config, options: DownloadOptions,
 
 
 def _fetch(outputs: TagOutputs, options: DownloadOptions, state: StateDB, components_dir: Path,
-           progress: ProgressFactory | None) -> tuple[list[Wanted], TransferResult, str]:
+           progress: ProgressFactory | None, jets_name: str
+           ) -> tuple[list[Wanted], TransferResult, str]:
     """List the tag's containers and fetch what is not verified yet; raise on failures."""
     sub = outputs.submission
     backend = options.backend or default_backend(sub)
@@ -122,7 +126,7 @@ def _fetch(outputs: TagOutputs, options: DownloadOptions, state: StateDB, compon
              len(wanted), human_bytes(sum(w.remote.size for w in wanted)), source.description)
     staging = staging_dir(components_dir, options.tag)
     result = transfer(options.tag, wanted, source, state, staging, options.threads,
-                      options.policy, progress)
+                      options.policy, progress, jets_name)
     _raise_failures(result)
     return wanted, result, source.description
 

@@ -2,15 +2,18 @@
 
 Layout
 ------
-One directory per grid job, inside the split-components directory::
+One directory per grid job, inside the split-components directory, holding the job's one
+output ``split.tar`` unpacked (:mod:`upp_grid.grid.job_archive`): a unit directory per input,
+as a local split writes it::
 
-    <components_dir>/<sample>/<outDS>/_<serial>/output_<split>_<region>_<sample>_<flavour>.h5
+    <components_dir>/<sample>/<outDS>/_<serial>/<input>/output_<split>_<component>.h5
 
 ``<serial>`` is the job's serial number from the grid file name
-``user.<nick>.<taskid>._<serial>.output_<component>.h5``; the file is renamed back to the fixed
-name the job wrote, so the catalogue scan is the one of the local split (hidden paths ignored).
-Files are fetched into ``<components_dir>/.download/<tag>/`` and renamed into place once verified,
-so a file in the layout is always complete and checked.
+``user.<nick>.<taskid>._<serial>.split.tar``. Archives are fetched into
+``<components_dir>/.download/<tag>/``, verified (size, adler32), checked against their
+provenance and unpacked into a hidden directory that is renamed into place, then removed: a job
+directory in the layout is always complete and checked, and marked with the grid file it came
+from, so the catalogue scan is the one of the local split (hidden paths ignored).
 
 State
 -----
@@ -32,12 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.rucio import RemoteFile, verify_file
+from upp_grid.grid.job_archive import unpacked
+from upp_grid.grid.rucio import RemoteFile
 from upp_grid.grid.state import DownloadFile, StateDB
 
 STAGING_DIR = ".download"
-#: ``user.<nick>.<taskid>._<serial>.output_<component>.h5`` (an attempt suffix ``.N`` allowed)
-_LFN_RE = re.compile(r"\.(?P<task>\d+)\._(?P<serial>\d+)\.(?P<output>output_[^/]+?\.h5)(\.\d+)?$")
+#: ``user.<nick>.<taskid>._<serial>.split.tar`` (an attempt suffix ``.N`` allowed)
+_LFN_RE = re.compile(r"\.(?P<task>\d+)\._(?P<serial>\d+)\.(?P<output>split\.tar)(\.\d+)?$")
 
 Advance = Callable[[int], None]
 #: ``progress(total, what[, unit])`` as :func:`upp_grid.progress.progress_bar`
@@ -62,9 +66,18 @@ class Wanted:
     container: str  #: the output container it was listed from
     out_ds: str
     sample: str
-    output: str  #: ``<split>_<region>_<sample>_<flavour>``
+    output: str  #: the job's output file, ``split.tar``
     serial: str  #: ``_000001``
-    dest: Path
+    dest: Path  #: the job directory it is unpacked into
+
+    def origin(self) -> dict:
+        """What marks the unpacked directory as this grid file's."""
+        return {"did": self.did, "bytes": self.remote.size, "adler32": self.remote.adler32}
+
+    def in_place(self) -> bool:
+        """Whether ``dest`` holds this grid file, unpacked and checked."""
+        found = unpacked(self.dest)
+        return found is not None and found[0] == self.origin()
 
     @property
     def did(self) -> str:
@@ -83,7 +96,7 @@ class Wanted:
 
 
 def parse_lfn(name: str) -> tuple[int, str, str] | None:
-    """``(task id, serial "_NNNNNN", "output_<...>.h5")`` of a grid output file name."""
+    """``(task id, serial "_NNNNNN", "split.tar")`` of a grid output file name."""
     match = _LFN_RE.search(name)
     if match is None:
         return None
@@ -101,7 +114,7 @@ def staging_dir(components_dir: Path, tag: str) -> Path:
 
 
 def check_layout(components_dir: Path, tag: str, dests: Iterable[Path]) -> None:
-    """Refuse split outputs in ``components_dir`` that are not this tag's verified files.
+    """Refuse split outputs in ``components_dir`` that are not in this tag's job directories.
 
     The catalogue takes every ``output_*.h5`` there: a local split or another tag's download
     in the same directory would be counted twice.
@@ -109,7 +122,7 @@ def check_layout(components_dir: Path, tag: str, dests: Iterable[Path]) -> None:
     known = {Path(p) for p in dests}
     foreign = [p for p in sorted(components_dir.rglob("output_*.h5"))
                if not any(part.startswith(".") for part in p.relative_to(components_dir).parts)
-               and p not in known]
+               and not known.intersection(p.parents)]
     if foreign:
         raise DownloadError(f"{components_dir}: {len(foreign)} split output"
                             f"{'s are' if len(foreign) > 1 else ' is'} not from the download of "
@@ -125,14 +138,10 @@ def record_listed(state: StateDB, tag: str, wanted: Sequence[Wanted]) -> dict[st
 
 
 def still_verified(row: DownloadFile | None) -> bool:
-    """A ``verified`` row whose file is still there with the same size and mtime."""
+    """A ``verified`` row whose job directory is still there, marked as this grid file's."""
     if row is None or row.state != "verified" or row.mtime_ns is None:
         return False
-    try:
-        st = row.dest.stat()
-    except OSError:
-        return False
-    return st.st_size == row.size and st.st_mtime_ns == row.mtime_ns
+    return Wanted.from_record(row).in_place()
 
 
 def download_user(state: StateDB, tag: str) -> str | None:
@@ -156,8 +165,7 @@ def verified_downloads(state: StateDB, tag: str) -> list[Wanted]:
     wanted = []
     for row in rows:
         w = Wanted.from_record(row)
-        if not still_verified(row) and not (w.dest.is_file()
-                                            and verify_file(w.dest, w.remote).ok):
+        if not still_verified(row) and not w.in_place():
             what = "changed since it was verified" if row.state == "verified" else row.state
             raise DownloadError(f"{row.container}: {row.name}: not downloaded and verified "
                                 f"({what}{': ' + row.error if row.error else ''}); run "

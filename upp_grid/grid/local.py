@@ -1,11 +1,13 @@
 """The local backend: the grid jobs, run here, from the same sandbox, in a pool of processes.
 
-The sandbox is unpacked once into ``<work_dir>/sandbox``. Each job (one input file) runs the
-task's exact worker command in its own directory ``<work_dir>/jobs/<task>/<job>``, which holds
-links to the sandbox members and the staged (linked) input, just as a grid job's work
-directory holds the unpacked sandbox and the staged input. Its declared outputs go into the
-:class:`~upp_grid.grid.store.LocalStore` as ``<scope>/<output container>/<file>``, named like
-PanDA names them (``user.<nick>.<task>._<job>.output_….h5``).
+The sandbox is unpacked once into ``<work_dir>/sandbox``. The task's input files are grouped
+into jobs as JEDI would size them (:func:`~upp_grid.grid.tasks.group_inputs`: ``--gb-per-job``
+or ``--files-per-job``). Each job runs the task's exact worker command, ``%IN`` set to its
+comma-separated inputs, in its own directory ``<work_dir>/jobs/<task>/<job>``, which holds
+links to the sandbox members and the staged (linked) inputs, just as a grid job's work
+directory holds the unpacked sandbox and the staged inputs. Its one output ``split.tar`` goes
+into the :class:`~upp_grid.grid.store.LocalStore` as ``<scope>/<output container>/<file>``,
+named like PanDA names it (``user.<nick>.<task>._<job>.split.tar``).
 
 Job states: queued, running, done, failed, with the attempt number, exit code and log
 (``<work_dir>/logs/<task>/<job>.<attempt>.log``). A running job records its pid and the
@@ -27,15 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from upp_grid.errors import UppGridError
 from upp_grid.grid import backend as states
 from upp_grid.grid import sandbox as sandboxes
-from upp_grid.grid.tasks import TaskSpec
+from upp_grid.grid.backend import ActionReport, FailedJob, RetryParams, TaskAction
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
 from upp_grid.grid.store import LocalStore
+from upp_grid.grid.tasks import TaskSpec, group_inputs
 
 log = logging.getLogger(__name__)
 
-SANDBOX_MEMBERS = ("env", "grid", "config.yaml", "manifest.json")
+SANDBOX_MEMBERS = ("env", "grid", "config.yaml", "manifest.json", "runtime.sh")
 _UNPACKED_MARK = ".unpacked-from"
 _START_GRACE_S = 60  # a claimed job gets this long to record its pid before it counts as lost
 _JOB_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
@@ -91,12 +95,18 @@ class LocalBackend:
 
     def submit(self, submission: Submission, specs: Sequence[TaskSpec],
                sandbox: Callable[[], Path]) -> list[TaskRecord]:
+        if any(s.options.container_image for s in specs):
+            raise UppGridError("--container-image runs jobs in a container on the grid: the "
+                               "local backend runs the env/ sandbox (drop --container-image)")
         self._unpack(submission, sandbox())
         ids = []
         for spec in specs:
-            task = self.state.record_task(submission, spec, status=states.SUBMITTED,
-                                          detail=f"{len(spec.files)} jobs")
-            self.state.reset_jobs(task.id, [str(f.absolute()) for f in spec.files])
+            jobs = group_inputs(spec.files, spec.options)
+            task = self.state.record_task(
+                submission, spec, status=states.SUBMITTED,
+                detail=f"{len(jobs)} jobs for {len(spec.files)} files ({spec.options.job_size})")
+            self.state.reset_jobs(task.id, [",".join(str(f.absolute()) for f in job)
+                                            for job in jobs])
             ids.append(task.id)
         self._run(submission, ids)
         return self.refresh(submission)
@@ -107,8 +117,12 @@ class LocalBackend:
             self._summarise(task)
         return self.state.tasks(submission.tag)
 
-    def retry(self, submission: Submission) -> list[TaskRecord]:
+    def retry(self, submission: Submission, params: RetryParams | None = None) -> ActionReport:
+        if params:
+            log.warning("retry: %s only change grid jobs; the local backend reruns its failed "
+                        "jobs as they are", ", ".join(sorted(params.jedi())))
         ids = []
+        actions = []
         for task in self.refresh(submission):
             n = self.state.requeue_failed(task.id)
             if n:
@@ -117,14 +131,33 @@ class LocalBackend:
                                        detail=f"retry {n} failed job(s)")
             # queued jobs too: their runner may be gone (a killed submit); claiming is atomic,
             # so a runner that is still alive and this one never run the same job twice
-            if n or any(j.state == "queued" for j in self.state.jobs(task.id)):
+            queued = sum(j.state == "queued" for j in self.state.jobs(task.id))
+            if n or queued:
                 ids.append(task.id)
+                actions.append(TaskAction(task.container, f"local task {task.id}", True,
+                                          f"{queued} job(s) to run again"))
+            else:
+                actions.append(TaskAction(task.container, f"local task {task.id}", False,
+                                          "nothing failed", sent=False))
         if ids:
             self._unpack(submission, Path(submission.sandbox))
             self._run(submission, ids)
-        return self.refresh(submission)
+        return ActionReport(self.refresh(submission), actions)
 
-    def kill(self, submission: Submission) -> list[TaskRecord]:
+    def failed_jobs(self, submission: Submission) -> list[FailedJob]:
+        out = []
+        for task in self.state.tasks(submission.tag):
+            for job in self.state.jobs(task.id):
+                if job.state == "failed":
+                    out.append(FailedJob(
+                        task.container, str(job.index),
+                        tuple(Path(p).name for p in job.input.split(",")),
+                        "none" if job.exit_code is None else f"exit {job.exit_code}",
+                        job.error or "none", job.log_path or "none"))
+        return out
+
+    def kill(self, submission: Submission) -> ActionReport:
+        actions = []
         for task in self.refresh(submission):
             stopped = self.state.fail_queued(task.id, "killed before it ran")
             for job in self.state.jobs(task.id):
@@ -138,7 +171,10 @@ class LocalBackend:
                 self.state.update_task(task.id, status=states.ABORTED,
                                        backend_status=task.backend_status,
                                        detail=f"kill: {stopped} job(s) stopped")
-        return self.refresh(submission)
+            actions.append(TaskAction(task.container, f"local task {task.id}", bool(stopped),
+                                      f"{stopped} job(s) stopped" if stopped
+                                      else "nothing running", sent=bool(stopped)))
+        return ActionReport(self.refresh(submission), actions)
 
     # ---------------------------------------------------------------------------- internals
     def _unpack(self, submission: Submission, sandbox: Path) -> Path:
@@ -179,7 +215,8 @@ class LocalBackend:
                 return
             job_dir = work / "jobs" / str(task.id) / f"{index:06d}"
             try:
-                command = _stage(job_dir, work / "sandbox", Path(job.input), task.command)
+                command = _stage(job_dir, work / "sandbox",
+                                 [Path(p) for p in job.input.split(",")], task.command)
                 code = _execute(state, job, command, job_dir)
             except OSError as err:
                 state.finish_job(job, "failed", None, f"cannot start the job: {err}")
@@ -230,15 +267,17 @@ class LocalBackend:
                                counts=(len(jobs), count["done"], count["failed"]))
 
 
-def _stage(job_dir: Path, sandbox_dir: Path, input_path: Path, command: str) -> str:
-    """Lay out a job's directory like a grid job's; returns the command with ``%IN`` set."""
+def _stage(job_dir: Path, sandbox_dir: Path, inputs: Sequence[Path], command: str) -> str:
+    """Lay out a job's directory like a grid job's; returns the command with ``%IN`` set to
+    the comma-separated staged inputs, as runGen sets it."""
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     for name in SANDBOX_MEMBERS:
-        (job_dir / name).symlink_to(sandbox_dir.absolute() / name)
-    staged = job_dir / input_path.name
-    staged.symlink_to(input_path.absolute())
-    return command.replace("%IN", shlex.quote(staged.name))
+        if (sandbox_dir / name).exists():
+            (job_dir / name).symlink_to(sandbox_dir.absolute() / name)
+    for path in inputs:
+        (job_dir / path.name).symlink_to(path.absolute())
+    return command.replace("%IN", shlex.quote(",".join(p.name for p in inputs)))
 
 
 def _execute(state: StateDB, job: JobRecord, command: str, job_dir: Path) -> int:

@@ -1,7 +1,10 @@
 """Grid dataset names (DESIGN §6): who the user is, what a container's DSID and AMI tags are,
 and the outDS and output containers of a task, checked against PanDA's and rucio's rules.
 
-* outDS: ``user.<user>.<dsid>.<tags>.<tag>_split.h5``
+* outDS: ``user.<user>.<dsid>.<tags>.<tag>_split.h5``; a later submission attempt ``N`` of the
+  same tag and container gets ``user.<user>.<dsid>.<tags>.<tag>.try<N>_split.h5``, because JEDI
+  reactivates the old task for a reused name instead of making a new one (GRID-FACTS.md). A tag
+  may therefore not end in ``.try<N>`` itself.
 * output container of a declared output file ``F``: ``<outDS>_F`` (prun names it that way), so
   ``<outDS>_output_<split>_<region>_<sample>_<flavour>.h5``
 * log container: ``<outDS>.log``
@@ -27,6 +30,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DSID_RE = re.compile(r"^\d{6,8}$")
 _TAGS_RE = re.compile(r"^[a-z]\d+(_[a-z]\d+)*$")
+_ATTEMPT_RE = re.compile(r"\.try\d+$")
 
 
 class DatasetNameError(UppGridError):
@@ -69,6 +73,9 @@ def check_tag(tag: str) -> str:
     if not _TAG_RE.match(tag):
         raise DatasetNameError(f"--tag '{tag}': use letters, digits, '_', '-' and '.', starting "
                                "with a letter or digit (at most 64)")
+    if _ATTEMPT_RE.search(tag):
+        raise DatasetNameError(f"--tag '{tag}': a tag may not end in '.try<N>', which upp-grid "
+                               "adds to the outDS of a resubmission")
     return tag
 
 
@@ -92,9 +99,10 @@ def parse_container(name: str) -> ContainerName:
         "'601589.e8547_s3797_r13144_p6859') in its name")
 
 
-def out_ds_name(user: str, container: ContainerName, tag: str) -> str:
-    """``user.<user>.<dsid>.<tags>.<tag>_split.h5``."""
-    return f"user.{user}.{container.dsid}.{container.tags}.{tag}{SPLIT_SUFFIX}"
+def out_ds_name(user: str, container: ContainerName, tag: str, attempt: int = 1) -> str:
+    """``user.<user>.<dsid>.<tags>.<tag>_split.h5``; attempt ``N > 1`` adds ``.try<N>``."""
+    suffix = f".try{attempt}" if attempt > 1 else ""
+    return f"user.{user}.{container.dsid}.{container.tags}.{tag}{suffix}{SPLIT_SUFFIX}"
 
 
 def output_container(out_ds: str, filename: str) -> str:

@@ -7,7 +7,8 @@
 * :func:`list_outputs`: every output container listed from the source, each file mapped to its
   place in the layout (:mod:`upp_grid.grid.download_records`); missing containers are one error that
   names them all with the reason the state DB gives.
-* :func:`find_incomplete`: inputs without (all their) outputs, one line each.
+* :func:`find_incomplete`: from the provenance of the unpacked job outputs, inputs covered by
+  two jobs (an error naming the input) and inputs without outputs, one line each.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from upp_grid.grid.backend import (
     open_backend,
 )
 from upp_grid.grid.download_records import DownloadError, Wanted, job_dir, more_listed, parse_lfn
-from upp_grid.grid.tasks import OutputSpec, plan_tasks
+from upp_grid.grid.job_archive import check_unique_inputs, unpacked
 from upp_grid.grid.rucio import RemoteFile
 from upp_grid.grid.sources import Source
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
+from upp_grid.grid.tasks import OutputSpec, plan_tasks
 from upp_grid.grid.transfer import RetryPolicy, list_with_retries
 
 log = logging.getLogger(__name__)
@@ -205,11 +207,11 @@ def _wanted(task: TaskOutputs, spec: OutputSpec, f: RemoteFile, components_dir: 
     parsed = parse_lfn(f.name)
     if parsed is None or parsed[2] != spec.file:
         raise DownloadError(f"{spec.container}: {f.name}: not a grid output file name "
-                            f"'user.<nick>.<taskid>._<serial>.{spec.file}'")
+                            f"'user.<nick>.<taskid>._<serial>.{spec.file}' (an output of an "
+                            "older upp-grid, one file per component? resubmit the tag)")
     serial = parsed[1]
-    dest = job_dir(components_dir, task.sample, task.out_ds, serial) / spec.file
-    output = spec.file.removeprefix("output_").removesuffix(".h5")
-    return Wanted(f, spec.container, task.out_ds, task.sample, output, serial, dest)
+    dest = job_dir(components_dir, task.sample, task.out_ds, serial)
+    return Wanted(f, spec.container, task.out_ds, task.sample, spec.file, serial, dest)
 
 
 def _check_unique_dest(wanted: Sequence[Wanted]) -> None:
@@ -223,51 +225,78 @@ def _check_unique_dest(wanted: Sequence[Wanted]) -> None:
 
 
 # --------------------------------------------------------------------------- what is missing
-def find_incomplete(tag: TagOutputs, wanted: Sequence[Wanted]) -> list[str]:
-    """Inputs without (all their) outputs, one line each; empty when nothing is missing."""
+def find_incomplete(tag: TagOutputs, wanted: Sequence[Wanted], config: Config | None = None
+                    ) -> list[str]:
+    """Inputs without outputs, one line each; empty when every input is covered.
+
+    Coverage comes from the provenance of the unpacked job outputs. The inputs a task should
+    have covered are its local jobs' inputs (local backend), else the container's files under
+    ``ntuple_dir`` when present, else the task's file count from PanDA.
+
+    Raises
+    ------
+    BookkeepingError
+        An input covered by two job outputs (PanDA ran it twice), naming the input.
+    """
     problems: list[str] = []
     for task in tag.tasks:
-        mine = [w for w in wanted if w.out_ds == task.out_ds]
-        by_container: dict[str, set[str]] = {spec.container: set() for spec in task.outputs}
-        for w in mine:
-            by_container[w.container].add(w.serial)
-        serials = set().union(*by_container.values()) if by_container else set()
-        complete = set.intersection(*by_container.values()) if by_container else set()
-        for serial in sorted(serials - complete):
-            lacking = [c for c, s in by_container.items() if serial not in s]
-            problems.append(f"{task.out_ds}: job {serial} has no output in {len(lacking)} "
-                            f"container{'s' * (len(lacking) > 1)} ({lacking[0]}"
-                            f"{', ...' if len(lacking) > 1 else ''})")
-        problems += _inputs_without_outputs(task, serials)
+        jobs = []
+        for w in wanted:
+            if w.out_ds != task.out_ds:
+                continue
+            found = unpacked(w.dest)
+            if found is None:
+                raise DownloadError(f"{w.dest}: not unpacked from {w.did}; rerun the download")
+            jobs.append((f"{task.out_ds} job {w.serial}", found[1]))
+        check_unique_inputs(jobs)
+        covered = {Path(i.name).name for _, p in jobs for i in p.inputs}
+        expected = _expected_inputs(task, config)
+        if expected is not None:
+            missing = sorted(expected - covered)
+            problems += [f"{task.in_ds}: input {name} has no output{_job_reason(task, name)}"
+                         for name in missing]
+            continue
+        problems += _count_check(task, len(covered))
     return problems
 
 
-def _inputs_without_outputs(task: TaskOutputs, serials: set[str]) -> list[str]:
-    """What the state DB (or the local inputs) say about inputs whose job left no output.
+def _expected_inputs(task: TaskOutputs, config: Config | None) -> set[str] | None:
+    if task.jobs:
+        return {Path(p).name for j in task.jobs for p in j.input.split(",")}
+    if config is not None:
+        from upp_grid.inputs import container_files
 
-    ``serials``: the jobs with at least one output. Local jobs are matched by serial (the
-    local backend names a job's outputs with its index); PanDA tasks by their file counts.
-    """
-    jobs_with_outputs = len(serials)
+        names_ = set()
+        ntuples = config.global_.ntuple_dir
+        for sample in config.samples:
+            if sample.name not in task.samples or not ntuples.is_dir():
+                continue
+            for pattern in sample.patterns:
+                if pattern.strip("/").split("/", 1)[0] == task.in_ds:
+                    names_.update(p.name for p in container_files(ntuples, pattern))
+        if names_:
+            return names_
+    return None
+
+
+def _job_reason(task: TaskOutputs, name: str) -> str:
+    for j in task.jobs:
+        if name in {Path(p).name for p in j.input.split(",")}:
+            return f" (job {j.index} {j.state}{': ' + j.error if j.error else ''})"
+    return ""
+
+
+def _count_check(task: TaskOutputs, covered: int) -> list[str]:
+    """Without a list of the inputs: what the state DB's counts say."""
     r = task.record
     if r is None:
-        if task.num_inputs is None:
-            log.warning("%s: no state and no local input files: cannot tell whether every "
-                        "input produced outputs (%d jobs did)", task.in_ds, jobs_with_outputs)
-            return []
-        lost = task.num_inputs - jobs_with_outputs
-        if lost > 0:
-            return [f"{task.in_ds}: {lost} of {task.num_inputs} local input files have no "
-                    "outputs"]
+        log.warning("%s: no state and no local input files: cannot tell whether every input "
+                    "produced outputs (%d inputs did)", task.in_ds, covered)
         return []
-    if task.jobs:
-        return [f"{task.in_ds}: input {Path(j.input).name} has no outputs (job {j.index} "
-                f"{j.state}{': ' + j.error if j.error else ''})"
-                for j in task.jobs if f"_{j.index:06d}" not in serials]
     if r.status in (SUBMITTED, RUNNING):
-        return [f"{task.describe()}: not finished, {jobs_with_outputs} jobs have outputs so far"]
+        return [f"{task.describe()}: not finished, {covered} inputs have outputs so far"]
     if r.n_files is not None:
-        lost = r.n_files - jobs_with_outputs
+        lost = r.n_files - covered
         if lost > 0:
             return [f"{task.describe()}: {lost} of {r.n_files} input files have no outputs"]
         return []

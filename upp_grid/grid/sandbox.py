@@ -16,6 +16,12 @@ entry script), ``config.yaml`` (the resolved config, includes inlined) and ``man
   sandbox is reused as is (so PanDA also reuses the upload).
 * Size: PanDA takes a sandbox named ``sources.*`` (prun ``--noCompile``) up to 768 MiB on the
   client and the server; ``--noBuild`` would allow 10 MiB, far less than numpy alone.
+* Runtime (:class:`Runtime`, written as ``runtime.sh`` for ``grid/split.sh`` and recorded in
+  the manifest): a venv sandbox names the base interpreter ``env/`` was built with and the
+  ``lsetup`` that provided it (``env/upp-grid-runtime.json``, written by
+  ``scripts/setup_env.sh --lsetup``); a container sandbox (``submit --container-image``) holds
+  only ``code/upp_grid``, ``grid/``, the config and the manifest, and goes through
+  ``--noBuild``: at most :data:`NO_BUILD_LIMIT`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import stat
 import sys
 import tarfile
@@ -45,6 +52,8 @@ SANDBOX_NAME = "sandbox.tar.gz"
 INFO_NAME = "sandbox.json"
 FORMAT = 1
 SANDBOX_LIMIT = 768 * 2**20  # pandaclient Client.SOURCES_LIMIT == server SANDBOX_LIMIT
+NO_BUILD_LIMIT = 10 * 2**20  # panda-server file_server_api.SANDBOX_NO_BUILD_LIMIT (jobO.*)
+RUNTIME_FILE = "upp-grid-runtime.json"  # in env/, written by scripts/setup_env.sh
 FIXED_MTIME = 946_684_800  # 2000-01-01T00:00:00Z for every member
 DEFAULT_LEVEL = 6
 ENTRY_FILE = "split.sh"
@@ -66,6 +75,45 @@ class SandboxError(UppGridError):
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """What a job runs on: the venv's base Python (and its ``lsetup``) or a container image."""
+
+    mode: str  #: ``venv`` or ``container``
+    python_home: str | None = None
+    lsetup: str | None = None
+    image: str | None = None
+    platform: str | None = None
+
+    def shell(self) -> str:
+        """``runtime.sh``: shell assignments ``grid/split.sh`` sources (values quoted)."""
+        values = {"UPP_RUNTIME": self.mode, "UPP_PYTHON_HOME": self.python_home or "",
+                  "UPP_LSETUP": self.lsetup or "", "UPP_IMAGE": self.image or "",
+                  "UPP_PLATFORM": self.platform or ""}
+        lines = ["# written by upp-grid submit: the job's runtime (see grid/README.md)"]
+        lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "python_home": self.python_home, "lsetup": self.lsetup,
+                "image": self.image, "platform": self.platform}
+
+
+def venv_runtime(env_dir: Path, platform: str | None = None) -> Runtime:
+    """The runtime of a venv sandbox: its base Python, and the ``lsetup`` that built it."""
+    lsetup = None
+    try:
+        recorded = json.loads((env_dir / RUNTIME_FILE).read_text())
+        lsetup = recorded.get("lsetup") or None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return Runtime("venv", base_python(env_dir), lsetup, None, platform)
+
+
+def container_runtime(image: str) -> Runtime:
+    return Runtime("container", image=image)
+
+
+@dataclass(frozen=True)
 class SandboxInputs:
     """What goes into a sandbox."""
 
@@ -74,6 +122,15 @@ class SandboxInputs:
     package_dir: Path
     config_yaml: str
     config_hash: str
+    runtime: Runtime | None = None  #: None: the venv runtime of ``env_dir``
+
+    def resolved_runtime(self) -> Runtime:
+        return self.runtime or venv_runtime(self.env_dir)
+
+    @property
+    def limit(self) -> int:
+        """PanDA's size limit for this kind of sandbox."""
+        return NO_BUILD_LIMIT if self.resolved_runtime().mode == "container" else SANDBOX_LIMIT
 
 
 @dataclass(frozen=True)
@@ -188,6 +245,13 @@ class _Collector:
 def collect_members(inputs: SandboxInputs) -> tuple[list[Member], list[str]]:
     """Every member but ``manifest.json``, sorted; and the credential-like paths skipped."""
     col = _Collector()
+    runtime = inputs.resolved_runtime()
+    col.add(Member("runtime.sh", "file", data=runtime.shell().encode()))
+    if runtime.mode == "container":  # the image has the run-time: our code only
+        _add_tree(col, inputs.package_dir, "code/upp_grid", prune_tests=True)
+        _add_tree(col, inputs.grid_dir, "grid", prune_tests=True)
+        col.add(Member("config.yaml", "file", data=inputs.config_yaml.encode()))
+        return sorted(col.members.values(), key=lambda m: m.arcname), col.credentials
     env = inputs.env_dir
     col.add(Member("env/pyvenv.cfg", "file", source=env / "pyvenv.cfg"))
     for path in sorted((env / "bin").glob("python*")):
@@ -323,9 +387,11 @@ def fingerprint(members: list[Member], manifest: dict, level: int) -> str:
 
 def make_manifest(inputs: SandboxInputs, members: list[Member]) -> dict:
     """``manifest.json`` without its creation time."""
+    runtime = inputs.resolved_runtime()
     return {"format": FORMAT, "upp_grid_version": upp_grid.__version__,
             "config_hash": inputs.config_hash, "entry": f"grid/{ENTRY_FILE}",
-            "python": base_python(inputs.env_dir), "members": len(members) + 1}
+            "python": runtime.python_home, "runtime": runtime.as_dict(),
+            "members": len(members) + 1}
 
 
 def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL) -> int:
@@ -397,7 +463,11 @@ def ensure_sandbox(inputs: SandboxInputs, out_dir: Path, *, limit: int | None = 
     if limit is not None and info.size > limit:
         raise SandboxError(
             f"{out}: {info.size_mib:.1f} MiB is above PanDA's {limit / 2**20:.0f} MiB sandbox "
-            "limit: remove packages the job does not need from env/ (see grid/README.md)")
+            "limit: remove packages the job does not need from env/ (see grid/README.md)"
+            if inputs.resolved_runtime().mode != "container" else
+            f"{out}: {info.size_mib:.1f} MiB is above PanDA's {limit / 2**20:.0f} MiB limit for "
+            "a --noBuild (container) sandbox: files that are not code reached the package "
+            "directory?")
     return info
 
 

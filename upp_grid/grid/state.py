@@ -14,7 +14,8 @@ queries only. Tables:
 * ``download_files``: one row per grid file of a tag that ``upp-grid download`` listed: its DID,
   container, outDS, sample, output and job serial, the catalogue's size and adler32, its
   destination, its state (``listed`` -> ``verified`` or ``failed``), the number of fetches, the
-  destination's mtime at verification and the last error (see :mod:`upp_grid.grid.download_records`).
+  destination's mtime at verification and the last error (see
+  :mod:`upp_grid.grid.download_records`).
 
 Schema versions (``PRAGMA user_version``), each reached from the one before by
 :data:`MIGRATIONS`:
@@ -22,6 +23,11 @@ Schema versions (``PRAGMA user_version``), each reached from the one before by
 1. submissions, tasks, jobs, events.
 2. download_files, which ``download`` used to create on its own (with a ``download_meta`` table
    holding the version of that table alone, dropped: the file has one version).
+3. ``task_attempts``: every outDS a tag's container was submitted under (attempt number,
+   jediTaskID, config hash, runtime, outcome: ``submitted``, ``refused``, ``reactivated``), so
+   a resubmission always takes a name never used before; ``tasks.runtime`` (platform or image
+   and job size, JSON) and ``tasks.error_dialog`` (PanDA's reason for a pending, broken or
+   exhausted task). Existing tasks become attempt rows of their own; nothing is lost.
 
 A file from a newer upp-grid is refused with a one-line error asking to upgrade.
 """
@@ -40,8 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.tasks import OutputSpec, TaskSpec
 from upp_grid.grid.names import scope_of
+from upp_grid.grid.tasks import OutputSpec, TaskSpec
 
 if TYPE_CHECKING:
     from upp_grid.config import Config
@@ -127,8 +133,29 @@ _V2 = (
     "CREATE INDEX IF NOT EXISTS download_files_dest ON download_files (tag, dest)",
     "DROP TABLE IF EXISTS download_meta",
 )
+_V3 = (
+    """CREATE TABLE IF NOT EXISTS task_attempts (
+        tag TEXT NOT NULL,
+        container TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        out_ds TEXT NOT NULL,
+        jedi_task_id INTEGER,
+        config_hash TEXT,
+        runtime TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT,
+        at TEXT NOT NULL,
+        PRIMARY KEY (tag, container, attempt))""",
+    "ALTER TABLE tasks ADD COLUMN runtime TEXT",
+    "ALTER TABLE tasks ADD COLUMN error_dialog TEXT",
+    """INSERT OR IGNORE INTO task_attempts (tag, container, attempt, out_ds, jedi_task_id,
+           config_hash, runtime, outcome, detail, at)
+       SELECT t.tag, t.container, t.attempt, t.out_ds, t.jedi_task_id, s.config_hash, NULL,
+           'submitted', 'recorded before schema 3', t.submitted_at
+       FROM tasks t JOIN submissions s ON s.tag = t.tag""",
+)
 #: ``MIGRATIONS[v]``: the statements that take a file from version ``v - 1`` to ``v``.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -182,6 +209,8 @@ class TaskRecord:
     attempt: int
     submitted_at: str
     updated_at: str
+    runtime: dict | None = None  #: ``{"runtime": "@el9", "image": ..., "job_size": ...}``
+    error_dialog: str | None = None
 
     @property
     def in_ds(self) -> str:
@@ -209,6 +238,21 @@ class JobRecord:
     proc_start: str | None
     started_at: str | None
     finished_at: str | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One name a tag's container was submitted under (a ``task_attempts`` row)."""
+
+    tag: str
+    container: str
+    attempt: int
+    out_ds: str
+    jedi_task_id: int | None
+    config_hash: str | None
+    outcome: str  #: ``submitted``, ``refused`` or ``reactivated``
+    detail: str | None
+    at: str
 
 
 @dataclass(frozen=True)
@@ -355,29 +399,81 @@ class StateDB:
     def record_task(self, sub: Submission, spec: TaskSpec, *, status: str,
                     jedi_task_id: int | None = None, params: dict | None = None,
                     detail: str | None = None) -> TaskRecord:
-        """Record a (re)submitted task, with its submission row, in one transaction."""
+        """Record a (re)submitted task, with its submission row and its attempt, in one
+        transaction. The task row then describes this attempt (its outDS, task id)."""
         stamp = now()
         outputs = json.dumps([[o.file, o.container] for o in spec.outputs])
+        runtime = json.dumps(task_runtime(spec))
         with self.transaction() as db:
             self._upsert_submission(db, sub, stamp)
             db.execute(
                 """INSERT INTO tasks (tag, container, samples, out_ds, outputs, command, status,
-                       jedi_task_id, task_params, submitted_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       jedi_task_id, task_params, submitted_at, updated_at, attempt, runtime)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (tag, container) DO UPDATE SET samples = excluded.samples,
                        out_ds = excluded.out_ds, outputs = excluded.outputs,
                        command = excluded.command, status = excluded.status,
                        backend_status = NULL, jedi_task_id = excluded.jedi_task_id,
                        n_files = NULL, n_files_finished = NULL, n_files_failed = NULL,
-                       attempt = tasks.attempt + 1, task_params = excluded.task_params,
+                       error_dialog = NULL, attempt = excluded.attempt,
+                       task_params = excluded.task_params, runtime = excluded.runtime,
                        submitted_at = excluded.submitted_at, updated_at = excluded.updated_at""",
                 (sub.tag, spec.container, json.dumps(spec.samples), spec.out_ds, outputs,
                  spec.command, status, jedi_task_id,
-                 json.dumps(params) if params is not None else None, stamp, stamp))
+                 json.dumps(params) if params is not None else None, stamp, stamp,
+                 spec.attempt, runtime))
+            self._attempt(db, sub, spec, jedi_task_id, "submitted", detail, stamp)
             row = db.execute("SELECT * FROM tasks WHERE tag = ? AND container = ?",
                              (sub.tag, spec.container)).fetchone()
             self._event(db, sub.tag, spec.container, status, detail, stamp)
         return _task(row)
+
+    def record_unused_name(self, sub: Submission, spec: TaskSpec, outcome: str, detail: str,
+                           jedi_task_id: int | None = None) -> None:
+        """Record an outDS that PanDA did not turn into a new task of ours (``refused`` or
+        ``reactivated``): it is never used again, so the next submit takes a new name."""
+        stamp = now()
+        with self.transaction() as db:
+            self._upsert_submission(db, sub, stamp)
+            self._attempt(db, sub, spec, jedi_task_id, outcome, detail, stamp)
+            self._event(db, sub.tag, spec.container, outcome, detail, stamp)
+
+    @staticmethod
+    def _attempt(db: sqlite3.Connection, sub: Submission, spec: TaskSpec,
+                 jedi_task_id: int | None, outcome: str, detail: str | None,
+                 stamp: str) -> None:
+        db.execute(
+            """INSERT INTO task_attempts (tag, container, attempt, out_ds, jedi_task_id,
+                   config_hash, runtime, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (tag, container, attempt) DO UPDATE SET out_ds = excluded.out_ds,
+                   jedi_task_id = excluded.jedi_task_id, config_hash = excluded.config_hash,
+                   runtime = excluded.runtime, outcome = excluded.outcome,
+                   detail = excluded.detail, at = excluded.at""",
+            (sub.tag, spec.container, spec.attempt, spec.out_ds, jedi_task_id, sub.config_hash,
+             json.dumps(task_runtime(spec)), outcome, detail, stamp))
+
+    def attempts(self, tag: str, container: str | None = None) -> list[Attempt]:
+        """Every name the tag's containers (or one) were submitted under, oldest first."""
+        sql = "SELECT * FROM task_attempts WHERE tag = ?"
+        args: list[Any] = [tag]
+        if container is not None:
+            sql += " AND container = ?"
+            args.append(container)
+        return [Attempt(r["tag"], r["container"], r["attempt"], r["out_ds"], r["jedi_task_id"],
+                        r["config_hash"], r["outcome"], r["detail"], r["at"])
+                for r in self._rows(sql + " ORDER BY container, attempt", args)]
+
+    def next_attempts(self, tag: str) -> dict[str, int]:
+        """The attempt number the next submission of each known container of ``tag`` gets."""
+        rows = self._rows("SELECT container, MAX(attempt) AS n FROM task_attempts WHERE tag = ? "
+                          "GROUP BY container", (tag,))
+        return {r["container"]: int(r["n"]) + 1 for r in rows}
+
+    def set_error_dialog(self, task_id: int, dialog: str | None) -> None:
+        """PanDA's ``errorDialog`` of a task (why it is pending, broken or exhausted)."""
+        old = self._rows("SELECT error_dialog FROM tasks WHERE id = ?", (task_id,))
+        if old and old[0]["error_dialog"] != dialog:
+            self._write("UPDATE tasks SET error_dialog = ? WHERE id = ?", (dialog, task_id))
 
     def update_task(self, task_id: int, *, status: str, backend_status: str | None,
                     counts: tuple[int | None, int | None, int | None] | None = None,
@@ -539,6 +635,13 @@ def _download_file(row: sqlite3.Row) -> DownloadFile:
         fetches=row["fetches"], mtime_ns=row["mtime_ns"], error=row["error"])
 
 
+def task_runtime(spec: TaskSpec) -> dict:
+    """What a task runs on and how its jobs are sized, as recorded in the state DB."""
+    o = spec.options
+    return {"runtime": o.runtime, "platform": None if o.container_image else o.platform,
+            "image": o.container_image, "job_size": o.job_size, "dest_se": o.dest_se}
+
+
 def _task(row: sqlite3.Row) -> TaskRecord:
     return TaskRecord(
         id=row["id"], tag=row["tag"], container=row["container"],
@@ -547,7 +650,9 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         command=row["command"], status=row["status"], backend_status=row["backend_status"],
         jedi_task_id=row["jedi_task_id"], n_files=row["n_files"],
         n_files_finished=row["n_files_finished"], n_files_failed=row["n_files_failed"],
-        attempt=row["attempt"], submitted_at=row["submitted_at"], updated_at=row["updated_at"])
+        attempt=row["attempt"], submitted_at=row["submitted_at"], updated_at=row["updated_at"],
+        runtime=json.loads(row["runtime"]) if row["runtime"] else None,
+        error_dialog=row["error_dialog"])
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

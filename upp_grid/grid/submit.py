@@ -22,11 +22,11 @@ from upp_grid.config import Config, load_config
 from upp_grid.errors import UppGridError
 from upp_grid.fsutil import write_json_atomic
 from upp_grid.grid import sandbox as sandboxes
-from upp_grid.grid.backend import BACKENDS, open_backend
-from upp_grid.grid.tasks import TaskSpec, plan_tasks
-from upp_grid.grid.names import resolve_user
+from upp_grid.grid.backend import BACKENDS, SETTLED, open_backend
+from upp_grid.grid.names import DatasetNameError, resolve_user
 from upp_grid.grid.panda_client import dry_run_env, prun_task_params
 from upp_grid.grid.state import StateDB, Submission, TaskRecord, default_state_path
+from upp_grid.grid.tasks import TaskOptions, TaskSpec, plan_tasks
 from upp_grid.yamlload import to_plain
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ class SubmitRequest:
     workers: int | None = None
     extra_prun_args: tuple[str, ...] = ()
     state_path: Path | None = None
+    options: TaskOptions = field(default_factory=TaskOptions)
+    allow_local_python: bool = False
+
+
+#: the nickname a dry run uses when none is configured (it is shown as a placeholder)
+PLACEHOLDER_USER = "nickname"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class SubmitResult:
     submitted: list[TaskRecord] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     state_path: Path | None = None
+    user: str = ""
+    placeholder_user: bool = False
 
     @property
     def problem(self) -> str | None:
@@ -96,12 +104,19 @@ def config_yaml(config: Config) -> str:
 
 def build_sandbox(config: Config, out_dir: Path, *, env_dir: Path | None = None,
                   limit: int | None = sandboxes.SANDBOX_LIMIT,
-                  level: int = sandboxes.DEFAULT_LEVEL) -> sandboxes.SandboxInfo:
-    """Build (or reuse) the sandbox of ``config`` in ``out_dir``."""
+                  level: int = sandboxes.DEFAULT_LEVEL,
+                  options: TaskOptions | None = None) -> sandboxes.SandboxInfo:
+    """Build (or reuse) the sandbox of ``config`` in ``out_dir`` for the runtime of
+    ``options`` (a venv pinned to its platform, or a container image: code only)."""
+    options = options or TaskOptions()
     env = env_dir or sandboxes.find_env_dir()
+    runtime = (sandboxes.container_runtime(options.container_image) if options.container_image
+               else sandboxes.venv_runtime(env, options.platform))
     inputs = sandboxes.SandboxInputs(env, sandboxes.find_grid_dir(env),
                                      Path(upp_grid.__file__).parent, config_yaml(config),
-                                     config.config_hash)
+                                     config.config_hash, runtime)
+    if limit is not None:
+        limit = min(limit, inputs.limit)
     info = sandboxes.ensure_sandbox(inputs, out_dir, limit=limit, level=level)
     log.info("sandbox %s: %.1f MiB%s", info.path, info.size_mib, " (reused)" * info.reused)
     return info
@@ -120,26 +135,38 @@ def submit(request: SubmitRequest, *, env_dir: Path | None = None,
     if request.backend not in BACKENDS:
         raise UppGridError(f"unknown --backend '{request.backend}' (use {' or '.join(BACKENDS)})")
     config = load_config(request.config_path)
-    user = resolve_user(request.rucio_user, os.environ)
-    specs = plan_tasks(config, request.tag, user, request.extra_prun_args,
-                       need_files=request.backend == "local")
+    placeholder = False
+    try:
+        user = resolve_user(request.rucio_user, os.environ)
+    except DatasetNameError:
+        if not request.dryrun or request.rucio_user:
+            raise
+        user, placeholder = PLACEHOLDER_USER, True
+    options = request.options
+    if request.backend == "panda" and not options.container_image \
+            and not request.allow_local_python:
+        _check_cvmfs_python(env_dir or sandboxes.find_env_dir())
     out_dir = submission_dir(config, request.tag)
-    result = SubmitResult(request.tag, request.backend, out_dir)
+    result = SubmitResult(request.tag, request.backend, out_dir, user=user,
+                          placeholder_user=placeholder)
     limit = None if request.backend == "local" else sandboxes.SANDBOX_LIMIT
 
     def sandbox() -> Path:
         result.sandbox = build_sandbox(config, out_dir, env_dir=env_dir, limit=limit,
-                                       level=level)
-        if request.backend == "panda":
-            _warn_local_python(env_dir or sandboxes.find_env_dir())
+                                       level=level, options=options)
         return result.sandbox.path
 
     if request.dryrun:
+        specs = plan_tasks(config, request.tag, user, request.extra_prun_args,
+                           need_files=request.backend == "local", options=options)
         sandbox()
         result.dryrun = dry_run(specs, user, out_dir)
         return result
     result.state_path = request.state_path or default_state_path(config)
     with StateDB(result.state_path) as state:
+        specs = plan_tasks(config, request.tag, user, request.extra_prun_args,
+                           need_files=request.backend == "local", options=options,
+                           attempts=state.next_attempts(request.tag))
         todo = _todo(state, request, config, specs, result)
         if not todo:
             return result
@@ -168,7 +195,17 @@ def _todo(state: StateDB, request: SubmitRequest, config: Config, specs: Sequenc
         raise UppGridError(f"tag '{request.tag}' was submitted with a different config "
                            f"({previous.config_path}): use a new --tag, or --force to "
                            "resubmit with this one")
-    submitted = {t.container for t in state.tasks(request.tag)}
+    tasks = {t.container: t for t in state.tasks(request.tag)}
+    if request.force:
+        active = [t for c, t in tasks.items() if t.status not in SETTLED
+                  and any(s.container == c for s in specs)]
+        if active:
+            t = active[0]
+            name = f"jediTaskID={t.jedi_task_id}" if t.jedi_task_id else f"local task {t.id}"
+            raise UppGridError(f"tag '{request.tag}': the task of {t.container} ({name}) is "
+                               f"still {t.status}: kill it first (`upp-grid kill --tag "
+                               f"{request.tag}`), then submit --force again")
+    submitted = set(tasks)
     todo = [s for s in specs if request.force or s.container not in submitted]
     result.skipped = [s.container for s in specs if s not in todo]
     if result.skipped:
@@ -177,11 +214,15 @@ def _todo(state: StateDB, request: SubmitRequest, config: Config, specs: Sequenc
     return todo
 
 
-def _warn_local_python(env_dir: Path) -> None:
+def _check_cvmfs_python(env_dir: Path) -> None:
+    """A venv sandbox runs on the worker only if its base Python is there: under /cvmfs/."""
     home = sandboxes.base_python(env_dir)
     if not home.startswith("/cvmfs/"):
-        log.warning("env/ uses the base Python in %s, which grid workers do not have: build "
-                    "env/ with a CVMFS Python on lxplus (see grid/README.md)", home)
+        raise UppGridError(
+            f"{env_dir}/pyvenv.cfg: the base Python {home} is not under /cvmfs/, so grid "
+            "workers do not have it: rebuild env/ on lxplus with `bash scripts/setup_env.sh "
+            "--lsetup \"python 3.11.9-x86_64-el9\"` (see grid/README.md), or submit with "
+            "--container-image; --allow-local-python if your sites have that path")
 
 
 def dry_run(specs: Sequence[TaskSpec], user: str, out_dir: Path) -> list[DryRunTask]:

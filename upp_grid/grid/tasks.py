@@ -1,10 +1,18 @@
-"""Task specs: one grid task per input container, one job per input file.
+"""Task specs: one grid task per input container, jobs of about 10 GB of input each.
 
 Each sample pattern of the config names one container: the first path component of the
 pattern (``user.x.601589.….h5`` or ``user.x.601589.….h5/*.h5``). A pattern whose first
 component is a glob is resolved against ``ntuple_dir`` and must match exactly one directory.
-A task declares one output per split and component of the samples reading the container, and
-runs :data:`ENTRY` on the worker (see ``grid/README.md``).
+
+A task runs :data:`ENTRY` on the worker (see ``grid/README.md``) with ``%IN``, the job's input
+files as a comma-separated list of any length, and declares **one** output, ``split.tar``
+(:mod:`upp_grid.grid.job_archive`), so no ``--unlimitNumOutputs``. Jobs are sized by
+``--nGBPerJob`` (default 10, no prun warning) or ``--nFilesPerJob``; JEDI's scouts may change
+the split rule (remove ``nFilesPerJob``) and the worker takes whatever it gets.
+
+The runtime is pinned (:class:`TaskOptions`): ``--architecture @el9`` by default, so the pilot
+runs the job in an el9 container, or ``--containerImage IMAGE`` (then ``--noBuild``: a
+code-only sandbox under PanDA's 10 MB limit, no build job).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from upp_grid.errors import InputError, UppGridError
 from upp_grid.grid import names
+from upp_grid.grid.job_archive import ARCHIVE_NAME
 
 if TYPE_CHECKING:  # the state DB and the CLI's status use the specs without the heavy imports
     from upp_grid.config import Config
@@ -26,13 +35,17 @@ if TYPE_CHECKING:  # the state DB and the CLI's status use the specs without the
 log = logging.getLogger(__name__)
 
 ENTRY = "grid/split.sh"
-# prun refuses more declared outputs per job unless --unlimitNumOutputs is given
-PRUN_MAX_OUTPUTS = 10
-# options upp-grid sets itself; passing them after `--` would break the job contract
-RESERVED_PRUN_OPTIONS = frozenset({
-    "--exec", "--inDS", "--outDS", "--outputs", "--inTarBall", "--outTarBall", "--tmpDir",
-    "--noBuild", "--noCompile", "--nFilesPerJob", "--nGBPerJob", "--nEventsPerJob",
-    "--useHomeDir", "--workDir",
+DEFAULT_PLATFORM = "el9"
+DEFAULT_GB_PER_JOB = 10
+#: prun's own bound on the files of one job (``--maxNFilesPerJob`` default, JEDI's nMaxFilesPerJob)
+MAX_FILES_PER_JOB = 200
+# prun options upp-grid sets itself (by their argparse dest, so any abbreviation or alias of
+# them is caught); passing them after `--` would break the job contract
+RESERVED_PRUN_DESTS = frozenset({
+    "jobParams", "inDS", "outDS", "outputs", "inTarBall", "outTarBall", "tmpDir", "noBuild",
+    "noCompile", "nFilesPerJob", "nGBPerJob", "nEventsPerJob", "useHomeDir", "workDir",
+    "architecture", "containerImage", "unlimitNumOutputs", "destSE", "forceStaged",
+    "noSubmit", "loadJson", "dumpJson", "dumpTaskParams",
 })
 
 
@@ -42,6 +55,48 @@ class OutputSpec:
 
     file: str
     container: str
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How the jobs of a submission run: platform or image, job size, destination."""
+
+    platform: str = DEFAULT_PLATFORM  #: ``--architecture @<platform>`` (venv mode)
+    container_image: str | None = None  #: ``--containerImage`` (container mode)
+    gb_per_job: int | None = DEFAULT_GB_PER_JOB
+    files_per_job: int | None = None
+    dest_se: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.files_per_job is not None and self.gb_per_job not in (None,
+                                                                      DEFAULT_GB_PER_JOB):
+            raise UppGridError("--gb-per-job and --files-per-job exclude each other")
+        if self.files_per_job is not None:
+            object.__setattr__(self, "gb_per_job", None)
+            if not 1 <= self.files_per_job <= MAX_FILES_PER_JOB:
+                raise UppGridError(f"--files-per-job {self.files_per_job}: use 1 to "
+                                   f"{MAX_FILES_PER_JOB}")
+        if self.gb_per_job is not None and self.gb_per_job < 1:
+            raise UppGridError(f"--gb-per-job {self.gb_per_job}: use a positive number")
+        if self.container_image is not None and not self.container_image.strip():
+            raise UppGridError("--container-image: empty image name")
+
+    @property
+    def mode(self) -> str:
+        """``container`` or ``venv``."""
+        return "container" if self.container_image else "venv"
+
+    @property
+    def runtime(self) -> str:
+        """What the jobs run on, in words: ``@el9`` or ``image <IMAGE>``."""
+        return f"image {self.container_image}" if self.container_image else f"@{self.platform}"
+
+    @property
+    def job_size(self) -> str:
+        """``10 GB per job`` or ``5 files per job``."""
+        if self.files_per_job is not None:
+            return f"{self.files_per_job} file{'s' * (self.files_per_job > 1)} per job"
+        return f"{self.gb_per_job} GB per job"
 
 
 @dataclass(frozen=True)
@@ -56,6 +111,8 @@ class TaskSpec:
     prun_args: tuple[str, ...]
     files: tuple[Path, ...]
     user: str
+    options: TaskOptions = TaskOptions()
+    attempt: int = 1
 
     @property
     def in_ds(self) -> str:
@@ -68,30 +125,86 @@ class TaskSpec:
 
 
 def job_command(samples: Sequence[str]) -> str:
-    """The worker command; ``%IN`` is replaced by the job's input file on the worker."""
+    """The worker command; ``%IN`` is replaced by the job's input files on the worker."""
     return shlex.join(["bash", ENTRY, "--samples", ",".join(samples)]) + " %IN"
 
 
 def check_extra_prun_args(extra: Sequence[str]) -> tuple[str, ...]:
-    """Extra prun options given after ``--``, refusing those upp-grid sets itself."""
+    """Extra prun options given after ``--``, refusing those upp-grid sets itself.
+
+    Names are resolved with prun's own argument parser (``PrunArgs.build_parser``), which
+    accepts unambiguous prefixes: ``--nFilesPerJo=50`` is ``--nFilesPerJob``.
+    """
+    if not extra:
+        return ()
+    from pandaclient import PrunArgs
+
+    actions = PrunArgs.build_parser()._option_string_actions
     for arg in extra:
-        if arg.split("=", 1)[0] in RESERVED_PRUN_OPTIONS:
-            raise UppGridError(f"prun option {arg.split('=', 1)[0]} after '--' is set by "
-                               "upp-grid itself and cannot be overridden")
+        if not arg.startswith("-") or arg == "--":
+            continue
+        name = arg.split("=", 1)[0]
+        action = actions.get(name)
+        if action is None and name.startswith("--"):
+            found = {actions[o].dest: o for o in actions if o.startswith(name)}
+            if len(found) > 1:
+                raise UppGridError(f"prun option {name} after '--' is ambiguous (could be "
+                                   f"{', '.join(sorted(found.values()))})")
+            action = actions[next(iter(found.values()))] if found else None
+        if action is None:
+            raise UppGridError(f"prun has no option {name} (given after '--')")
+        if action.dest in RESERVED_PRUN_DESTS:
+            full = max(action.option_strings, key=len)
+            raise UppGridError(f"prun option {name} ({full}) after '--' is set by upp-grid "
+                               "itself and cannot be overridden: use submit's own options "
+                               "(--platform, --container-image, --gb-per-job, --files-per-job, "
+                               "--dest-se)")
     return tuple(extra)
 
 
 def prun_args(container: str, out_ds: str, outputs: Sequence[OutputSpec], command: str,
-              extra: Sequence[str]) -> tuple[str, ...]:
+              extra: Sequence[str], options: TaskOptions = TaskOptions()) -> tuple[str, ...]:
     """prun options of a task (the sandbox and tmp dir are added at submission)."""
     args = ["--exec", command, "--inDS", container, "--outDS", out_ds,
             "--outputs", ",".join(o.file for o in outputs),
-            "--nFilesPerJob", "1",   # one job per input file
-            "--noCompile",           # sandbox > 10 MiB: sources.* (768 MiB) + a build job
-            "--forceStaged"]         # copy the input to the worker's disk
-    if len(outputs) > PRUN_MAX_OUTPUTS:
-        args.append("--unlimitNumOutputs")
+            "--forceStaged",  # copy the inputs to the worker's disk
+            "-y"]             # never ask: pandaclient runs without a keyboard
+    if options.files_per_job is not None:
+        args += ["--nFilesPerJob", str(options.files_per_job)]
+    else:
+        args += ["--nGBPerJob", str(options.gb_per_job or DEFAULT_GB_PER_JOB)]
+    if options.container_image:
+        # the image holds the run-time; prun then sends the code-only sandbox with --noBuild
+        args += ["--containerImage", options.container_image]
+    else:
+        # the venv sandbox (> 10 MB): sources.* (768 MiB) + a build job; pinned platform
+        args += ["--noCompile", "--architecture", f"@{options.platform}"]
+    if options.dest_se:
+        args += ["--destSE", options.dest_se]
     return (*args, *extra)
+
+
+def group_inputs(files: Sequence[Path], options: TaskOptions) -> list[tuple[Path, ...]]:
+    """Input files in jobs as JEDI sizes them: ``files_per_job`` files each, or as many files
+    as fit in ``gb_per_job`` GiB (at least one, at most :data:`MAX_FILES_PER_JOB`), in order.
+    The local backend runs these jobs; on PanDA JEDI decides (and may change it)."""
+    if options.files_per_job is not None:
+        n = options.files_per_job
+        return [tuple(files[i:i + n]) for i in range(0, len(files), n)]
+    limit = (options.gb_per_job or DEFAULT_GB_PER_JOB) * 2**30
+    jobs: list[tuple[Path, ...]] = []
+    current: list[Path] = []
+    size = 0
+    for path in files:
+        nbytes = path.stat().st_size if path.exists() else 0
+        if current and (size + nbytes > limit or len(current) >= MAX_FILES_PER_JOB):
+            jobs.append(tuple(current))
+            current, size = [], 0
+        current.append(path)
+        size += nbytes
+    if current:
+        jobs.append(tuple(current))
+    return jobs
 
 
 def resolve_container(ntuple_dir: Path, pattern: str, where: str) -> str:
@@ -110,10 +223,13 @@ def resolve_container(ntuple_dir: Path, pattern: str, where: str) -> str:
 
 
 def plan_tasks(config: Config, tag: str, user: str, extra_prun_args: Sequence[str] = (),
-               need_files: bool = False) -> list[TaskSpec]:
+               need_files: bool = False, options: TaskOptions | None = None,
+               attempts: dict[str, int] | None = None) -> list[TaskSpec]:
     """One task spec per input container, names validated before anything is sent.
 
     ``need_files``: every container must have local files (the local backend runs them).
+    ``attempts``: the submission attempt of each container (default 1); attempt ``N > 1``
+    gets its own outDS (:func:`upp_grid.grid.names.out_ds_name`).
 
     Raises
     ------
@@ -142,26 +258,33 @@ def plan_tasks(config: Config, tag: str, user: str, extra_prun_args: Sequence[st
             if need_files and not found:
                 raise InputError(f"{where}: pattern '{pattern}' matches no file under {ntuples} "
                                  "(the local backend needs the input files)")
-    specs = [_task_spec(config, c, tuple(s), tuple(sorted(files[c])), tag, user, extra)
+    options = options or TaskOptions()
+    attempts = attempts or {}
+    specs = [_task_spec(config, c, tuple(s), tuple(sorted(files[c])), tag, user, extra, options,
+                        attempts.get(c, 1))
              for c, s in samples.items()]
     _check_unique_out_ds(specs)
     return specs
 
 
 def _task_spec(config: Config, container: str, samples: tuple[str, ...],
-               files: tuple[Path, ...], tag: str, user: str, extra: tuple[str, ...]) -> TaskSpec:
+               files: tuple[Path, ...], tag: str, user: str, extra: tuple[str, ...],
+               options: TaskOptions, attempt: int) -> TaskSpec:
     from upp_grid.stages.split import declared_outputs
 
-    out_ds = names.out_ds_name(user, names.parse_container(container), tag)
+    if not declared_outputs(config, samples):
+        raise InputError(f"{config.path}: no component uses sample(s) {', '.join(samples)} "
+                         f"of container '{container}'")
+    out_ds = names.out_ds_name(user, names.parse_container(container), tag, attempt)
     names.check_dataset_name(out_ds, user, f"outDS of container '{container}'")
-    outputs = tuple(OutputSpec(o.filename, names.output_container(out_ds, o.filename))
-                    for o in declared_outputs(config, samples))
+    outputs = (OutputSpec(ARCHIVE_NAME, names.output_container(out_ds, ARCHIVE_NAME)),)
     for o in outputs:
         names.check_dataset_name(o.container, user, "output container")
     names.check_dataset_name(names.log_container(out_ds), user, "log container")
     command = job_command(samples)
     return TaskSpec(container, samples, out_ds, outputs, command,
-                    prun_args(container, out_ds, outputs, command, extra), files, user)
+                    prun_args(container, out_ds, outputs, command, extra, options), files, user,
+                    options, attempt)
 
 
 def _check_unique_out_ds(specs: Sequence[TaskSpec]) -> None:

@@ -1,7 +1,9 @@
 """Fetch and verify a tag's files from a source (rucio or the local store), with retries.
 
 Files not verified yet are fetched in batches into a hidden staging directory; the size and
-adler32 of every file are checked and the file is moved into place. Transient failures are
+adler32 of every file are checked and the job archive is unpacked into its job directory
+(checked against its provenance, :mod:`upp_grid.grid.job_archive`), then
+removed. Transient failures are
 retried with a doubling back-off; a corrupt file is deleted and fetched once more; a file still
 bad is reported by name. Every fetch and outcome is recorded in the state DB
 (:mod:`upp_grid.grid.download_records`), so a rerun fetches nothing twice.
@@ -10,7 +12,6 @@ bad is reported by name. Every fetch and outcome is recorded in the state DB
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -18,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from upp_grid.fsutil import human_bytes, remove_empty_dirs
-from upp_grid.grid.download_records import Advance, ProgressFactory, Wanted, record_listed, still_verified
+from upp_grid.grid.download_records import (
+    Advance,
+    ProgressFactory,
+    Wanted,
+    record_listed,
+    still_verified,
+)
+from upp_grid.grid.job_archive import ArchiveError, unpack
 from upp_grid.grid.rucio import FetchOutcome, RemoteFile, TransientRucioError, verify_file
 from upp_grid.grid.sources import Source
 from upp_grid.grid.state import StateDB
@@ -50,7 +58,8 @@ class TransferResult:
 
 def transfer(tag: str, wanted: Sequence[Wanted], source: Source, state: StateDB,
              staging: Path, threads: int = 4, policy: RetryPolicy | None = None,
-             progress: ProgressFactory | None = None) -> TransferResult:
+             progress: ProgressFactory | None = None, jets_name: str = "jets"
+             ) -> TransferResult:
     """Fetch and verify every file of ``wanted`` not verified yet; record each outcome.
 
     Files that still fail after the retries are returned in ``failures`` (and recorded as
@@ -76,7 +85,8 @@ def transfer(tag: str, wanted: Sequence[Wanted], source: Source, state: StateDB,
     log.info("fetching %d files (%s) from %s", len(todo), human_bytes(total), source.description)
     bar = progress(total, "download", "bytes") if progress else nullcontext(lambda n: None)
     with bar as advance:
-        _fetch_all(tag, todo, source, state, staging, threads, policy, advance, result)
+        _fetch_all(tag, todo, source, state, staging, threads, policy, advance, result,
+                   jets_name)
     remove_empty_dirs(staging)
     return result
 
@@ -98,15 +108,15 @@ def list_with_retries(source: Source, scope: str, name: str, policy: RetryPolicy
 
 
 def _adopt(tag: str, w: Wanted, state: StateDB) -> bool:
-    """A file already at its destination (state lost or stale) that still matches: keep it."""
-    if not w.dest.is_file():
-        return False
-    if verify_file(w.dest, w.remote).ok:
+    """A job directory already in place (state lost or stale) unpacked from this very grid
+    file (DID, size and adler32 in its mark): keep it."""
+    if w.in_place():
         state.download_verified(tag, w.did, w.dest.stat().st_mtime_ns)
         return True
-    log.info("%s: does not match rucio's size/adler32, fetching it again", w.dest)
-    w.dest.unlink()
-    state.download_unverified(tag, w.did)
+    if w.dest.exists():
+        log.info("%s: not unpacked from %s (size %d, adler32 %s): fetching it again", w.dest,
+                 w.did, w.remote.size, w.remote.adler32)
+        state.download_unverified(tag, w.did)
     return False
 
 
@@ -131,7 +141,7 @@ class _Tries:
 
 def _fetch_all(tag: str, todo: list[Wanted], source: Source, state: StateDB,
                staging: Path, threads: int, policy: RetryPolicy, advance: Advance,
-               result: TransferResult) -> None:
+               result: TransferResult, jets_name: str) -> None:
     """Fetch in batches, round after round, until every file is verified or out of tries."""
     tries = _Tries(policy)
     pending = todo
@@ -141,7 +151,14 @@ def _fetch_all(tag: str, todo: list[Wanted], source: Source, state: StateDB,
         for batch in _chunks(pending, policy.batch_files):
             for w, outcome in _fetch_batch(batch, source, staging, threads):
                 state.download_fetched(tag, w.did)
-                problem = _place(w, outcome)
+                try:
+                    problem = _place(w, outcome, jets_name)
+                except ArchiveError as err:  # verified bytes, bad content: fetching won't help
+                    message = f"{w.container}: {w.remote.name}: {err}"
+                    result.failures[w.did] = message
+                    state.download_failed(tag, w.did, message)
+                    log.error("%s", message)
+                    continue
                 if problem is None:
                     state.download_verified(tag, w.did, w.dest.stat().st_mtime_ns)
                     result.fetched += 1
@@ -182,16 +199,19 @@ def _fetch_batch(batch: list[Wanted], source: Source, staging: Path, threads: in
             yield w, FetchOutcome(w.remote, "NOT_RETURNED", None)
 
 
-def _place(w: Wanted, outcome: FetchOutcome) -> str | None:
-    """Verify a fetched file and move it to its destination; the problem, or None if done."""
+def _place(w: Wanted, outcome: FetchOutcome, jets_name: str) -> str | None:
+    """Verify a fetched archive and unpack it into its job directory (checked against its
+    provenance); the problem, or None if done. The archive is removed either way."""
     if outcome.path is None:
         return f"not downloaded ({source_state(outcome.state)})"
-    check = verify_file(outcome.path, w.remote)
-    if not check.ok:
+    try:
+        check = verify_file(outcome.path, w.remote)
+        if not check.ok:
+            return check.problem()
+        w.dest.parent.mkdir(parents=True, exist_ok=True)
+        unpack(outcome.path, w.dest, jets_name, w.origin())
+    finally:
         outcome.path.unlink(missing_ok=True)
-        return check.problem()
-    w.dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(outcome.path, w.dest)
     return None
 
 

@@ -70,6 +70,7 @@ def build_catalogue(config: Config) -> Catalogue:
     files = {s: {f: [] for f in flavours} for s in SPLITS}
     num = {s: dict.fromkeys(flavours, 0) for s in SPLITS}
     comps = {s: {c.name: 0 for c in config.components} for s in SPLITS}
+    check_inputs_once(root)
     for path in sorted(root.rglob("output_*.h5")):
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
@@ -87,6 +88,34 @@ def build_catalogue(config: Config) -> Catalogue:
         num[split][flavour] += n
         comps[split][comp] += n
     return Catalogue(files, num, comps)
+
+
+def check_inputs_once(root: Path) -> None:
+    """Every input file's rows may be in the components once: a unit directory (local split or
+    unpacked grid job) whose input and rows overlap another's is an error naming the input and
+    both directories (PanDA can run a job twice; a download and a local split may meet)."""
+    import json
+
+    seen: dict[tuple[str, str], list[tuple[int, int, Path]]] = {}
+    for record in sorted(root.rglob("split-record.json")):
+        rel = record.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        try:
+            data = json.loads(record.read_text())
+            name = Path(str(data["input"])).name
+            rows = data.get("rows") or (0, int(data["jets_read"]))
+            start, stop = int(rows[0]), int(rows[1])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            raise InputError(f"{record}: unreadable split record") from None
+        key = (rel.parts[0], name)
+        for a, b, other in seen.get(key, []):
+            if (start < b and a < stop) or (start == stop == a == b):
+                raise BookkeepingError(
+                    f"input {name} is in the split outputs twice: {other.parent} and "
+                    f"{record.parent} (rows {a}-{b} and {start}-{stop}); remove one of them "
+                    "so no jet is counted twice")
+        seen.setdefault(key, []).append((start, stop, record))
 
 
 def write_catalogue(config: Config, expected: dict[str, dict[str, int]] | None = None
