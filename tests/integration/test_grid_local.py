@@ -31,6 +31,7 @@ from tests.grid_support import (
 )
 from upp_grid.config import load_config
 from upp_grid.grid.state import StateDB
+from upp_grid.grid.job_archive import unpack
 from upp_grid.grid.store import LocalStore
 from upp_grid.stages.split_local import plan_units, split_stage
 
@@ -66,35 +67,45 @@ def test_local_jobs_match_split_and_a_failed_job_is_retried(project, tmp_path):
     fixed = status(project)
 
     assert first.returncode == 1
-    assert "1 of 4 jobs failed" in first.stderr and "upp-grid retry --tag t1" in first.stderr
-    assert (failed[TTBAR]["status"], failed[ZPRIME]["status"]) == ("partial", "done")
+    # 10 GB per job: each container's files are one job, %IN holds both files
+    assert "1 of 2 jobs failed" in first.stderr and "upp-grid retry --tag t1" in first.stderr
+    assert (failed[TTBAR]["status"], failed[ZPRIME]["status"]) == ("failed", "done")
     bad = [j for j in failed[TTBAR]["jobs"] if j["state"] == "failed"]
-    assert [(j["input"], j["attempt"]) for j in bad] == [(str(broken), 1)]
+    ttbar_inputs = ",".join(str(p.absolute()) for p in input_files(project, TTBAR))
+    assert [(j["input"], j["attempt"]) for j in bad] == [(ttbar_inputs, 1)]
     assert bad[0]["exit_code"] == 1 and "truncated or corrupt" in bad[0]["error"]
     assert broken.name in Path(bad[0]["log_path"]).read_text()
     assert retried.returncode == 0, retried.stderr
     assert f"retried: {TTBAR}" in retried.stdout
     assert {c: t["status"] for c, t in fixed.items()} == {TTBAR: "done", ZPRIME: "done"}
-    assert [(j["state"], j["attempt"]) for j in fixed[TTBAR]["jobs"]] == [("done", 1),
-                                                                          ("done", 2)]
-    # the same outputs as `upp-grid split` (same code path, in this process)
+    assert [(j["state"], j["attempt"]) for j in fixed[TTBAR]["jobs"]] == [("done", 2)]
+    # each job's one output holds, per input, the same outputs as `upp-grid split`
     config = load_config(project.config)
     split_stage(config)
-    units = {str(u.path.absolute()): u for u in plan_units(config)}
+    units = {u.path.name: u for u in plan_units(config)}
     store = LocalStore(project.base / "local-store")
     compared = 0
     for task in fixed.values():
+        (output,) = task["outputs"]
+        assert output["file"] == "split.tar"
         for job in task["jobs"]:
-            unit = units[job["input"]]
-            for output in task["outputs"]:
-                name = f"{task['scope']}.{task['id']}._{job['index']:06d}.{output['file']}"
-                stored = next(s for s in store.list_files(task["scope"], output["container"])
-                              if s.name == name)
-                assert store.verify(stored)  # size and adler32 of the manifest
-                got, want = read_h5(store.path(stored)), read_h5(unit.out_dir / output["file"])
-                for group in want:
-                    np.testing.assert_array_equal(got[group], want[group])
-                compared += 1
+            name = f"{task['scope']}.{task['id']}._{job['index']:06d}.split.tar"
+            stored = next(s for s in store.list_files(task["scope"], output["container"])
+                          if s.name == name)
+            assert store.verify(stored)  # size and adler32 of the manifest
+            unpacked = tmp_path / "unpacked" / name
+            provenance = unpack(store.path(stored), unpacked, config.jets_name)
+            assert [i.name for i in provenance.inputs] == [
+                Path(p).name for p in job["input"].split(",")]
+            for item in provenance.inputs:
+                unit = units[item.name]
+                assert item.rows == (0, unit.num_jets)
+                for want_file in sorted(unit.out_dir.glob("output_*.h5")):
+                    got = read_h5(unpacked / item.unit() / want_file.name)
+                    want = read_h5(want_file)
+                    for group in want:
+                        np.testing.assert_array_equal(got[group], want[group])
+                    compared += 1
     assert compared == 4 * 12
 
 

@@ -47,7 +47,11 @@ def project(tmp_path: Path) -> Project:
 
 def cli(project: Project, fake: FakePanda | None, *args: str, **env: str
         ) -> subprocess.CompletedProcess[str]:
+    """``upp-grid ARGS``; ``submit`` gets ``--allow-local-python`` (the test env's Python is
+    not under /cvmfs/: see test_a_venv_python_outside_cvmfs_is_refused_for_panda)."""
     full = {**project.env, **(fake.client_env(nickname=NICK) if fake else {}), **env}
+    if args[:1] == ("submit",):
+        args = ("submit", "--allow-local-python", *args[1:])
     return run_cli(args, full, cwd=project.base)
 
 
@@ -101,9 +105,10 @@ def test_submit_sends_one_prun_task_per_container_and_records_it(fake, project, 
         assert params["taskName"] == f"{out_ds}/"
         assert {item["dataset"]: item["value"] for item in params["jobParameters"]
                 if item.get("param_type") == "output"} == {
-            f"{out_ds}_{f}/": f"user.{NICK}.$JEDITASKID._${{SN/P}}.{f}" for f in files}
+            f"{out_ds}_split.tar/": f"user.{NICK}.$JEDITASKID._${{SN/P}}.split.tar"}
         assert exec_of(params) == f"bash grid/split.sh --samples {SAMPLE[container]} %IN"
-        assert params["nFilesPerJob"] == 1
+        assert params["nGBPerJob"] == 10 and "nFilesPerJob" not in params
+        assert params["architecture"] == "@el9"
         assert params["useLocalIO"] == 1  # --forceStaged
         assert params["buildSpec"]["archiveName"] == archive
         assert job_parameter(params, "-l ") == "-l ${LIB}"
@@ -127,9 +132,15 @@ def test_uploaded_sandbox_runs_the_task_exec_like_a_grid_job(fake, project, tmp_
                          capture_output=True, text=True, timeout=300, check=False)
 
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    declared = {str(item["dataset"]).rstrip("/").removeprefix(f"{OUT_DS[TTBAR]}_")
-                for item in params["jobParameters"] if item.get("param_type") == "output"}
-    assert declared == {p.name for p in job.glob("output_*.h5")}
+    # the one declared output, holding every component of the input with its provenance
+    assert (job / "split.tar").is_file()
+    assert "pre-flight ok" in ran.stdout
+    from upp_grid.grid.job_archive import read_provenance
+
+    provenance = read_provenance(job / "split.tar")
+    assert [i.name for i in provenance.inputs] == [source.name]
+    assert set(provenance.inputs[0].outputs) == {
+        o.name for o in declared_outputs(load_config(project.config), ["ttbar"])}
 
 
 def test_status_maps_jedi_states_and_a_failed_task_is_retried(fake, project):
@@ -150,6 +161,7 @@ def test_status_maps_jedi_states_and_a_failed_task_is_retried(fake, project):
     assert retried.returncode == 0, retried.stderr
     assert f"retried: {TTBAR}" in retried.stdout
     assert fake.commands == [("retry", 1000)]  # the done task is left alone
+    assert "not sent: the task is done" in retried.stdout
     assert after_retry[TTBAR]["status"] == "running"
     assert finished[TTBAR]["status"] == "partial"
     with StateDB(project.state) as state:
@@ -168,14 +180,18 @@ def test_resubmit_skips_submitted_containers_and_force_submits_again_after_kill(
     assert first.returncode == 0 and again.returncode == 0, again.stderr
     assert again.stdout.count("skipped (already submitted") == 2
     # JEDI refuses a second live task with the same name: nothing new is recorded
-    assert "already used by jediTaskID=1000" in one_line_error(duplicate)
+    # an active task is never resubmitted over: kill it first
+    assert "is still submitted: kill it first" in one_line_error(duplicate)
     assert killed.returncode == 0, killed.stderr
     assert fake.commands == [("kill", 1000), ("kill", 1001)]
     assert {c: t["status"] for c, t in aborted.items()} == {TTBAR: "aborted", ZPRIME: "aborted"}
     assert forced.returncode == 0, forced.stderr
+    # a new task each, under a new outDS (the old name would reactivate the old task)
     assert fake.task_ids == [1000, 1001, 1002, 1003]
-    assert len(fake.requests_to("task/submit")) == 5  # first 2, the refused one, forced 2
+    assert fake.submitted_params(1002)["taskName"] == (
+        OUT_DS[TTBAR].replace("t1_split", "t1.try2_split") + "/")
     assert submitted(project) == [(TTBAR, 1002, "submitted", 2), (ZPRIME, 1003, "submitted", 2)]
+    assert fake.get_task(1000).reactivations == 0
 
 
 def test_no_grid_proxy_is_a_one_line_error_and_nothing_is_recorded(fake, project, tmp_path):
@@ -220,10 +236,12 @@ def test_unreachable_server_is_a_one_line_error_and_nothing_is_recorded(project)
 def check_dry_run(project: Project, done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, done.stderr
     header = next(ln for ln in done.stdout.splitlines() if ln.startswith("container"))
-    assert header.split() == ["container", "files", "outDS", "outputs", "exec"]
+    assert header.split() == ["container", "files", "runs", "on", "job", "size", "outputs/job",
+                              "outDS"]
     for container in (TTBAR, ZPRIME):
         row = next(ln for ln in done.stdout.splitlines() if ln.startswith(container)).split()
-        assert row[1:4] == ["2", OUT_DS[container], "12"]
+        assert row[1:] == ["2", "@el9", "10", "GB", "per", "job", "1", "(split.tar)",
+                           OUT_DS[container]]
         task = json.loads((project.base / "submission" / "t1" / "tasks" /
                            f"{container}.json").read_text())
         assert task["task_params"]["taskName"] == f"{OUT_DS[container]}/"

@@ -9,12 +9,26 @@ broken runtime fails in seconds with a reason, not halfway through an input.
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 import sys
 
 EXIT_IMPORTS = 11
 #: what a split job imports, heaviest compiled parts first
 RUNTIME_MODULES = ("numpy", "h5py", "hdf5plugin", "yaml", "ftag.cuts", "ftag.flavours",
                    "upp_grid.config", "upp_grid.stages.split", "upp_grid.grid.job_archive")
+
+
+# hdf5plugin logs an error at import for each plugin the sandbox does not ship (the lossy
+# compressors, see upp_grid.grid.sandbox.PRUNED_HDF5_PLUGINS): expected, so not shown.
+_PRUNED_PLUGIN = re.compile(r"Cannot initialize filter (sz|sz3|sperr|zfp|fcidecomp|htj2k): "
+                            r"File not found")
+
+
+def quiet_pruned_plugins() -> None:
+    """Hide hdf5plugin's messages about the plugins left out of the sandbox."""
+    for name in ("hdf5plugin", "hdf5plugin._utils"):
+        logging.getLogger(name).addFilter(lambda r: not _PRUNED_PLUGIN.search(r.getMessage()))
 
 
 def check(modules: tuple[str, ...] = RUNTIME_MODULES) -> str | None:
@@ -29,6 +43,8 @@ def check(modules: tuple[str, ...] = RUNTIME_MODULES) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     modules = tuple(argv) if argv else RUNTIME_MODULES
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    quiet_pruned_plugins()
     problem = check(modules)
     if problem is not None:
         print(f"upp-grid job: error: run-time import failed ({sys.executable}, Python "

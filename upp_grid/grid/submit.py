@@ -145,7 +145,12 @@ def submit(request: SubmitRequest, *, env_dir: Path | None = None,
     options = request.options
     if request.backend == "panda" and not options.container_image \
             and not request.allow_local_python:
-        _check_cvmfs_python(env_dir or sandboxes.find_env_dir())
+        try:
+            _check_cvmfs_python(env_dir or sandboxes.find_env_dir())
+        except UppGridError as err:
+            if not request.dryrun:
+                raise
+            log.warning("%s (a real submission would stop here)", err)
     out_dir = submission_dir(config, request.tag)
     result = SubmitResult(request.tag, request.backend, out_dir, user=user,
                           placeholder_user=placeholder)

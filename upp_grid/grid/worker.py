@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shutil
 import sys
 import time
@@ -28,16 +27,6 @@ EXIT_INPUT = 1
 EXIT_UNEXPECTED = 2
 EXIT_BOOKKEEPING = 3
 WORK_DIR = ".upp-split"  # unit directories before packing, inside the job's work directory
-
-# hdf5plugin logs an error at import for each plugin the sandbox does not ship (the lossy
-# compressors, see upp_grid.grid.sandbox.PRUNED_HDF5_PLUGINS): expected, so not shown.
-_PRUNED_PLUGIN = re.compile(r"Cannot initialize filter (sz|sz3|sperr|zfp|fcidecomp|htj2k): "
-                            r"File not found")
-
-
-def _quiet_pruned_plugins(record: logging.LogRecord) -> bool:
-    return not _PRUNED_PLUGIN.search(record.getMessage())
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upp_grid.grid.worker",
@@ -103,8 +92,9 @@ def run(config_path: Path, samples: list[str], inputs: list[str], out_dir: Path)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("hdf5plugin").addFilter(_quiet_pruned_plugins)
-    logging.getLogger("hdf5plugin._utils").addFilter(_quiet_pruned_plugins)
+    from upp_grid.grid.preflight import quiet_pruned_plugins
+
+    quiet_pruned_plugins()
     from upp_grid.errors import BookkeepingError, UppGridError
 
     samples = [s for s in args.samples.split(",") if s]
