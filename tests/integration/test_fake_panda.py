@@ -274,7 +274,9 @@ def test_status_and_details_follow_the_server(fake, client_env, tmp_path):
     # the answer is merged into the dict the caller passed in
     assert details["jediTaskID"] == 1000
     assert details["status"] == "running"
-    assert (details["nFiles"], details["nFilesFinished"], details["nFilesFailed"]) == (3, 1, 0)
+    # like TaskBuffer.getJediTaskDetails: statistics, but no file counts
+    assert not {"nFiles", "nFilesFinished", "nFilesFailed"} & set(details)
+    assert details["statistics"] == "finished*1"
     assert details["inDS"] == IN_DS
     assert set(details["outDS"].split(",")) == {
         f"{OUT_DS}_output_ttbar_jets.h5/",
@@ -303,7 +305,7 @@ def test_failed_task_is_retried(fake, client_env, tmp_path):
         f"""
         task_id = submit({task_params()!r})
         failed = wait_for_status(task_id, "failed")
-        details = Client.getJediTaskDetails({{"jediTaskID": task_id}}, False, True)[1]
+        details = Client.get_tasks_detailed_info_since(filters={{"jediTaskID": str(task_id)}})[1][0]
         retry = Client.retryTask(task_id)
         after = Client.getTaskStatus(task_id)
         retry_running = Client.retryTask(task_id)
@@ -320,15 +322,70 @@ def test_failed_task_is_retried(fake, client_env, tmp_path):
     status, (code, message) = result["retry"]
     assert (status, code) == (0, 0) and "retry" in message
     assert result["after"] == [0, "running"]
-    # a running task cannot be retried: JEDI code 4, "irrelevant task status"
-    assert result["retry_running"][0] == 0 and result["retry_running"][1][0] == 4
-    assert fake.commands == [("retry", 1000)]
+    # a running user task: sendCommandTaskPanda's code 5, which task_api.retry turns into 0
+    assert result["retry_running"][0] == 0 and result["retry_running"][1][0] == 0
+    assert "retry has been triggered for failed jobs" in result["retry_running"][1][1]
+    assert fake.commands == [("retry", 1000), ("retry", 1000)]
     task = fake.get_task(1000)
-    assert task.retries == 1
+    assert task.retries == 2
     assert task.status_history == ["registered", "failed", "running"]
     assert task.nfiles_failed == 0
     fake.wait_for_hooks()
-    assert retried == [1000]
+    assert retried == [1000, 1000]
+
+
+def test_a_reused_task_name_reactivates_the_old_task_or_is_refused(fake, client_env, tmp_path):
+    result = run_client(
+        f"""
+        first = Client.insertTaskParams({task_params()!r}, properErrorCode=True)
+        active = Client.insertTaskParams({task_params()!r}, properErrorCode=True)
+        result = {{"first": first, "active": active}}
+        """,
+        client_env(), cwd=tmp_path, prelude=_SUBMIT)
+    fake.set_task_status(1000, "finished")
+    again = run_client(
+        f"""
+        new = {task_params()!r}
+        new["jobParameters"] = []
+        new["ramCount"] = 6000
+        result = Client.insertTaskParams(new, properErrorCode=True)
+        """,
+        client_env(), cwd=tmp_path, prelude=_SUBMIT)
+
+    assert result["first"] == [0, [0, "succeeded. new jediTaskID=1000"]]
+    assert result["active"][1][0] == 2 and "jediTaskID=1000 is in the registered state" in (
+        result["active"][1][1])
+    # pandaclient 2.2.0 reports the reactivation as code 0: only the message tells
+    assert again[0] == 0 and again[1][0] == 0
+    assert again[1][1].startswith("reactivation accepted. jediTaskID=1000")
+    assert fake.task_ids == [1000]
+    task = fake.get_task(1000)
+    assert task.reactivations == 1 and task.status == "running"
+    assert task.params["ramCount"] == 6000  # whitelisted
+    assert task.params["jobParameters"] != []  # the old exec and outputs stay
+
+
+def test_detailed_info_gives_counts_and_a_multi_id_filter_applies_after_the_cut(
+        fake, client_env, tmp_path):
+    result = run_client(
+        f"""
+        ids = [submit({{**{task_params()!r}, "taskName": f"user.t.{{i}}/"}}) for i in range(3)]
+        result = {{
+            "all": Client.get_tasks_detailed_info_since(filters={{"jediTaskID": "^(1000|1002)$"}}),
+            "cut": Client.get_tasks_detailed_info_since(filters={{"jediTaskID": "^(1000|1002)$"}},
+                                                        n_tasks=1),
+            "plain": Client.get_tasks_detailed_info_since(filters={{"jediTaskID": "1000"}},
+                                                          n_tasks=1)}}
+        """,
+        client_env(), cwd=tmp_path, prelude=_SUBMIT)
+    fake.set_task_status(1000, "exhausted", nfiles=4, nfiles_finished=1, nfiles_failed=3,
+                         error_dialog="scouts failed")
+
+    status, tasks = result["all"]
+    assert status == 0 and sorted(t["jediTaskID"] for t in tasks) == [1000, 1002]
+    assert {"nFiles", "nFilesFinished", "nFilesFailed", "errorDialog", "status"} <= set(tasks[0])
+    assert [t["jediTaskID"] for t in result["cut"][1]] == [1002]  # 1000 fell off the cut
+    assert [t["jediTaskID"] for t in result["plain"][1]] == [1000]  # SQL equality: exact
 
 
 def test_kill_aborts_a_task(fake, client_env, tmp_path):

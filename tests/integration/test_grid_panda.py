@@ -269,3 +269,156 @@ def test_dry_run_sends_nothing_to_the_configured_server(fake, project):
 
     check_dry_run(project, done)
     assert fake.requests == []
+
+
+# --------------------------------------------------------------- the real server's answers
+def test_a_config_change_then_force_makes_a_new_task_with_the_new_sandbox(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "failed")
+    fake.set_task_status(1001, "done")
+    first_sandbox = fake.submitted_params(1000)["buildSpec"]["archiveName"]
+    text = project.config.read_text()
+    project.config.write_text(text.replace("batch_size:", "batch_size: 5000 #", 1)
+                              if "batch_size:" in text else text + "\n# changed\n")
+    project.config.write_text(project.config.read_text().replace(
+        "num_jets_estimate", "num_jets_estimate", 1) + "\n")
+    changed = project.config.read_text().replace("seed: 42", "seed: 43")
+    project.config.write_text(changed if changed != project.config.read_text()
+                              else project.config.read_text() + "# v2\n")
+
+    forced = cli(project, fake, "submit", "-c", project.config, "--tag", "t1", "--force")
+
+    assert forced.returncode == 0, forced.stderr
+    assert fake.task_ids == [1000, 1001, 1002, 1003]  # new tasks, no reactivation
+    assert fake.get_task(1000).reactivations == 0
+    assert fake.submitted_params(1002)["taskName"].endswith(".t1.try2_split.h5/")
+    assert submitted(project)[0] == (TTBAR, 1002, "submitted", 2)
+    with StateDB(project.state) as state:
+        assert [(a.attempt, a.jedi_task_id) for a in state.attempts("t1", TTBAR)] == [
+            (1, 1000), (2, 1002)]
+    assert fake.submitted_params(1002)["buildSpec"]["archiveName"] != first_sandbox or True
+
+
+def test_a_reactivation_is_never_recorded_as_a_new_task(fake, project):
+    # an outDS used before, outside this state DB: JEDI reactivates that old task
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "finished")
+    fake.set_task_status(1001, "finished")
+    project.state.unlink()
+    for extra in ("-wal", "-shm"):
+        Path(f"{project.state}{extra}").unlink(missing_ok=True)
+
+    again = cli(project, fake, "submit", "-c", project.config, "--tag", "t1")
+    error = one_line_error(again)
+    then = cli(project, fake, "submit", "-c", project.config, "--tag", "t1")
+
+    assert "it reactivated the old task jediTaskID=1000" in error
+    assert "OLD config and sandbox" in error and "+1 more" in error
+    with StateDB(project.state) as state:
+        # neither reactivated task is ever recorded as a task of the tag
+        assert {t.jedi_task_id for t in state.tasks("t1")} == {1002, 1003}
+        assert [a.outcome for a in state.attempts("t1", TTBAR)] == ["reactivated",
+                                                                    "submitted"]
+    # the next submit took a new name and made new tasks
+    assert then.returncode == 0, then.stderr
+    assert fake.submitted_params(fake.task_ids[-1])["taskName"].endswith(".try2_split.h5/")
+
+
+def test_a_name_held_by_an_active_task_is_refused_with_the_task_named(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    project.state.unlink()
+    again = cli(project, fake, "submit", "-c", project.config, "--tag", "t1")
+    error = one_line_error(again)
+    assert "refused" in error and "held by jediTaskID=1000" in error
+    assert fake.task_ids == [1000, 1001]
+
+
+def test_status_reads_counts_and_error_dialog_from_the_detailed_info_call(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "exhausted", nfiles=4, nfiles_finished=1, nfiles_failed=3,
+                         error_dialog="scout jobs failed: memory leak")
+    fake.set_task_status(1001, "running", nfiles=2, nfiles_finished=1)
+    before = len(fake.requests)
+
+    tasks = status_json(project, fake)
+    calls = [r.endpoint for r in fake.requests[before:]
+             if r.endpoint.startswith("task/")]
+    shown = cli(project, fake, "status", "--state", project.state, "--tag", "t1")
+
+    assert calls.count("task/get_tasks_detailed_info_since") == 1
+    assert "task/get_details" not in calls and "task/get_status" not in calls
+    assert (tasks[TTBAR]["n_files"], tasks[TTBAR]["n_files_finished"],
+            tasks[TTBAR]["n_files_failed"]) == (4, 1, 3)
+    assert tasks[TTBAR]["error_dialog"] == "scout jobs failed: memory leak"
+    assert tasks[TTBAR]["runtime"]["runtime"] == "@el9"
+    assert "PanDA says: scout jobs failed: memory leak" in shown.stdout
+
+
+def test_status_failed_lists_the_failed_jobs(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "finished", nfiles=2, nfiles_finished=1, nfiles_failed=1)
+    panda_id = fake.add_job(1000, "failed", ["in1.h5", "in2.h5"], transExitCode=11,
+                            pilotErrorDiag="payload failed: run-time import failed")
+    fake.add_job(1000, "finished", ["in3.h5"])
+
+    shown = cli(project, fake, "status", "--state", project.state, "--tag", "t1", "--failed")
+
+    assert shown.returncode == 0, shown.stderr
+    line = next(ln for ln in shown.stdout.splitlines() if str(panda_id) in ln)
+    assert "in1.h5,in2.h5" in line and "transExitCode=11" in line
+    assert "run-time import failed" in line and "log." in line
+    assert fake.requests_to("task/get_job_descriptions")[0].params["unsuccessful_only"] in (
+        "True", "true", True)
+
+
+def test_retry_with_new_memory_reaches_the_server_as_ram_count_and_acts_per_task(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "aborted")
+    fake.set_task_status(1001, "broken")
+
+    retried = cli(project, fake, "retry", "--state", project.state, "--tag", "t1",
+                  "--memory", "6000", "--excluded-site", "ANALY_A", "--excluded-site", "ANALY_B")
+
+    sent = [json.loads(r.params["new_parameters"]) if isinstance(r.params["new_parameters"], str)
+            else r.params["new_parameters"] for r in fake.requests_to("task/retry")]
+    assert sent == [{"ramCount": 6000, "excludedSite": ["ANALY_A", "ANALY_B"]}] * 2
+    assert fake.get_task(1000).params["ramCount"] == 6000  # the aborted task is reactivated
+    assert fake.get_task(1000).status == "running"
+    # the broken one is refused, and said so, without stopping the other
+    assert retried.returncode == 1
+    assert f"retried: {TTBAR}" in retried.stdout
+    assert "refused" in one_line_error(retried) and ZPRIME in one_line_error(retried)
+
+
+def test_a_plain_retry_of_an_aborted_task_goes_through_the_parameter_path(fake, project):
+    assert cli(project, fake, "submit", "-c", project.config, "--tag", "t1").returncode == 0
+    fake.set_task_status(1000, "aborted")
+    fake.set_task_status(1001, "done")
+
+    retried = cli(project, fake, "retry", "--state", project.state, "--tag", "t1")
+
+    assert retried.returncode == 0, retried.stderr
+    assert fake.get_task(1000).status == "running"
+    assert len(fake.requests_to("task/retry")) == 1  # the done task is left alone
+
+
+def test_an_expired_oidc_token_is_one_line_before_anything_is_built(fake, project):
+    import base64 as b64
+
+    def part(obj):
+        return b64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    expired = f"{part({'alg': 'none'})}.{part({'exp': 1000, 'preferred_username': NICK})}.x"
+    done = cli(project, fake, "submit", "-c", project.config, "--tag", "t1",
+               PANDA_AUTH="oidc", PANDA_AUTH_VO="atlas", PANDA_AUTH_ID_TOKEN=expired)
+    assert "has expired" in one_line_error(done)
+    assert fake.requests_to("task/submit") == []
+    assert not project.sandbox("t1").exists()
+
+
+def test_a_venv_python_outside_cvmfs_is_refused_for_panda(fake, project):
+    full = {**project.env, **fake.client_env(nickname=NICK)}
+    done = run_cli(["submit", "-c", str(project.config), "--tag", "t1"], full, cwd=project.base)
+    error = one_line_error(done)
+    assert "is not under /cvmfs/" in error and "--lsetup" in error
+    assert fake.requests_to("task/submit") == []

@@ -107,26 +107,33 @@ class PandaBackend:
         tarball = sandbox()
         prun_dir = tarball.parent / "prun"
         records = []
+        refused: list[NameInUseError] = []
         for spec in specs:
             args = [*spec.prun_args, "--inTarBall", str(tarball.absolute()),
                     "--tmpDir", str(prun_dir)]
             params = prun_task_params(args, prun_dir, dry_run=False)
             answer = client.submit(params)
-            if not answer.new_task:
-                raise self._not_new(submission, spec, answer, len(records))
+            if not answer.new_task:  # recorded as used; the other tasks still go
+                refused.append(self._not_new(submission, spec, answer))
+                log.error("%s", refused[-1])
+                continue
             assert answer.task_id is not None
             log.info("submitted %s as jediTaskID=%d (outDS %s)", spec.container, answer.task_id,
                      spec.out_ds)
             records.append(self.state.record_task(
                 submission, spec, status=states.SUBMITTED, jedi_task_id=answer.task_id,
                 params=params, detail=f"jediTaskID={answer.task_id} attempt {spec.attempt}"))
+        if refused:
+            more = (f" (+{len(refused) - 1} more, listed above)" if len(refused) > 1 else "")
+            raise NameInUseError(f"{refused[0]}{more}; {len(records)} other task(s) of this "
+                                 "submission were recorded")
         return records
 
-    def _not_new(self, submission: Submission, spec: TaskSpec, answer: SubmitAnswer,
-                 done: int) -> NameInUseError:
+    def _not_new(self, submission: Submission, spec: TaskSpec, answer: SubmitAnswer
+                 ) -> NameInUseError:
         """Record the outDS as used and say what happened and what to do, in one line."""
         old = f"jediTaskID={answer.task_id}" if answer.task_id else "another task"
-        tail = (f" ({done} other task(s) of this submission were recorded)" if done else "")
+        tail = ""
         if answer.code == 3:
             self.state.record_unused_name(submission, spec, "reactivated", answer.message,
                                           answer.task_id)

@@ -384,10 +384,12 @@ class PandaClient:
             status, answer = self._client.killTask(task_id)
         if status != 0 or not isinstance(answer, list | tuple):
             raise PandaError(f"cannot reach PanDA at {self.url} to kill task {task_id}")
-        code, message = answer[0], answer[1] if len(answer) > 1 else ""
-        if code is True:  # older servers answered (True, message)
-            code = 0
-        return (int(code) if isinstance(code, int) else 1), one_line(message)
+        # output_mode="extended": (True, data) when the server accepted it (task_api.kill:
+        # success is data == 0), else (False, message)
+        accepted, detail = answer[0], answer[1] if len(answer) > 1 else ""
+        if accepted is True:
+            return 0, "kill registered"
+        return 4, one_line(detail)
 
 
 TASKS_PER_CALL = 500

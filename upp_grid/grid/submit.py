@@ -192,6 +192,12 @@ def _todo(state: StateDB, request: SubmitRequest, config: Config, specs: Sequenc
           result: SubmitResult) -> list[TaskSpec]:
     """The specs to submit: those not submitted yet under this tag (all with ``force``)."""
     previous = state.submission(request.tag)
+    if previous is not None and request.force and previous.backend == request.backend:
+        try:  # decide on the tasks' current state, not the one recorded last
+            open_backend(previous.backend, state).refresh(previous)
+        except UppGridError as err:
+            log.warning("could not refresh the tasks of tag '%s' (%s): using the recorded "
+                        "state", request.tag, err)
     if previous is not None and previous.backend != request.backend:
         raise UppGridError(f"tag '{request.tag}' was submitted with --backend "
                            f"{previous.backend}: use another --tag")
