@@ -1,12 +1,11 @@
 """``upp-grid download``: grid outputs in rucio (or the local store) → verified files → training
 files equal to a local ``upp-grid run`` on the same inputs.
 
-The grid outputs are made as PanDA makes them: the grid payload (``split_file``) runs once per
-input file (one job each), and every output is uploaded to the local rucio test server with the
-grid's file name (``user.<nick>.<taskid>._<serial>.output_<component>.h5``) into a per-task
-dataset of its output container ``<outDS>_output_<component>.h5``
-(``tests/fakes/grid_outputs.py``). Every tag gets its own container names, so tests do not
-share replicas they damage.
+The grid outputs are made as PanDA makes them: the real grid payload runs once per job (one
+input file each here), and each job's one output is uploaded to the local rucio test server
+with the grid's file name (``user.<nick>.<taskid>._<serial>.split.tar``) into a per-task
+dataset of its output container ``<outDS>_split.tar`` (``tests/fakes/grid_outputs.py``).
+Every tag gets its own container names, so tests do not share replicas they damage.
 """
 
 from __future__ import annotations
@@ -42,9 +41,9 @@ from tests.fakes.grid_outputs import (
 from tests.grid_support import clean_env, run_cli
 from upp_grid.config import Config, load_config
 from upp_grid.grid import backend as states
-from upp_grid.grid.tasks import TaskSpec, plan_tasks
 from upp_grid.grid.state import StateDB, Submission
 from upp_grid.grid.store import LocalStore
+from upp_grid.grid.tasks import TaskSpec, plan_tasks
 from upp_grid.mock import make_mock
 
 
@@ -166,17 +165,19 @@ def test_download_prepares_the_same_training_files_as_a_local_run(downloaded, up
     config, done = downloaded
 
     assert done.returncode == 0, done.stderr
-    assert "fetched and verified now: 18 files" in done.stdout
-    # one directory per grid job, files named as the job wrote them
+    assert "fetched and verified now: 3 files" in done.stdout  # one per job
+    # one directory per grid job, its archive unpacked: a unit directory per input
     components = load_config(config).global_.components_dir
     out_ds = "user.upptest.601589.e8547_s3797_r13144_p6859.full_split.h5"
     job = components / "ttbar" / out_ds / "_000002"
-    assert sorted(p.name for p in job.iterdir()) == sorted(
+    (unit,) = [p for p in job.iterdir() if not p.name.startswith(".")]
+    assert sorted(p.name for p in unit.glob("output_*.h5")) == sorted(
         f"output_{s}_lowpt_ttbar_{f}.h5" for s in SPLITS for f in FLAVOURS)
     assert not (components / ".download").exists()
+    assert not list(components.rglob("*.split.tar"))  # unpacked, then removed
     # every file verified once, and recorded
     rows = ledger(config, uploaded)
-    assert len(rows) == 18
+    assert len(rows) == 3
     assert {r["state"] for r in rows.values()} == {"verified"}
     assert {r["fetches"] for r in rows.values()} == {1}
     # same catalogue and the same training files as `upp-grid run`
@@ -195,7 +196,7 @@ def test_rerun_fetches_nothing_and_no_download_prepares_offline(
 
     assert again.returncode == 0, again.stderr
     assert "fetched and verified now: 0 files" in again.stdout
-    assert "verified before: 18" in again.stdout
+    assert "verified before: 3" in again.stdout
     rows = ledger(config, uploaded)
     assert {r["fetches"] for r in rows.values()} == {1}
     assert {n: Path(r["dest"]).stat().st_mtime_ns for n, r in rows.items()} == mtimes
@@ -209,10 +210,10 @@ def test_rerun_fetches_nothing_and_no_download_prepares_offline(
     assert prepared.returncode == 0, prepared.stderr
     assert catalogue.is_file()
 
-    # ... and refuses a file changed since it was verified
+    # ... and refuses a job directory changed since it was verified
     lfn, row = next(iter(rows.items()))
-    victim = Path(row["dest"])
-    victim.write_bytes(victim.read_bytes()[:-1])
+    victim = Path(row["dest"]) / ".job-archive.json"
+    victim.write_text(victim.read_text().replace('"bytes"', '"bytes_"'))
     refused = cli("download", "-c", config, "--tag", uploaded, "--no-download",
                   "--prepare-only")
     assert refused.returncode == 1
@@ -227,11 +228,10 @@ TTBAR_ONE_FILE = {"ttbar": "user.mock.601589.*.h5/user.mock.601589._000001.outpu
 
 def test_damaged_replicas_are_fetched_again_then_named(rucio_server, rucio_client_config, cli,
                                                        inputs, grid_jobs, tmp_path):
-    config = load_config(write_config(tmp_path / "grid", inputs, TTBAR_ONE_FILE))
-    (task,) = retag(config, [_first_job(grid_jobs, "ttbar")], "damaged")
-    lfns = upload_task_outputs(rucio_server.rse, task.spec, 3001, task.jobs)
-    corrupt = next(n for n in lfns if n.endswith(".output_train_lowpt_ttbar_bjets.h5"))
-    lost = next(n for n in lfns if n.endswith(".output_test_lowpt_ttbar_ujets.h5"))
+    config = load_config(write_config(tmp_path / "grid", inputs, TTBAR))
+    (task,) = retag(config, [next(t for t in grid_jobs if "ttbar" in t.spec.samples)],
+                    "damaged")
+    corrupt, lost = upload_task_outputs(rucio_server.rse, task.spec, 3001, task.jobs)
     rucio_server.corrupt_file(rucio_server.scope, corrupt)  # same size, other adler32
     rucio_server.delete_file_on_disk(rucio_server.scope, lost)
 
@@ -240,17 +240,14 @@ def test_damaged_replicas_are_fetched_again_then_named(rucio_server, rucio_clien
     assert done.returncode == 1
     error = done.stderr.strip().splitlines()[-1]
     out_ds = task.spec.out_ds
-    assert error.startswith(f"upp-grid: error: {out_ds}_output_train_lowpt_ttbar_bjets.h5: "
-                            f"{corrupt}: adler32 is ")
+    assert error.startswith(f"upp-grid: error: {out_ds}_split.tar: {corrupt}: adler32 is ")
     assert "after 2 fetches (+1 more files failed, listed above)" in error
-    assert (f"{out_ds}_output_test_lowpt_ttbar_ujets.h5: {lost}: not downloaded (FAILED: no "
-            "replica could be read) after 3 fetches") in done.stderr
+    assert (f"{out_ds}_split.tar: {lost}: not downloaded (FAILED: no replica could be read) "
+            "after 3 fetches") in done.stderr
     rows = ledger(config.path, "damaged")
     assert (rows[corrupt]["state"], rows[corrupt]["fetches"]) == ("failed", 2)
     assert (rows[lost]["state"], rows[lost]["fetches"]) == ("failed", 3)
     assert not Path(rows[corrupt]["dest"]).exists() and not Path(rows[lost]["dest"]).exists()
-    good = {n: r for n, r in rows.items() if n not in (corrupt, lost)}
-    assert len(good) == 4 and {r["state"] for r in good.values()} == {"verified"}
     assert not (config.global_.components_dir / "organised-components.yaml").exists()
 
 
@@ -268,11 +265,11 @@ def test_missing_containers_are_listed_with_the_reason(rucio_client_config, cli,
 
     assert done.returncode == 1
     error = done.stderr.strip().splitlines()[-1]
-    assert error.startswith("upp-grid: error: 6 output containers not found in rucio: "
+    assert error.startswith("upp-grid: error: 1 output container not found in rucio: "
                             "user.upptest.601589.e8547_s3797_r13144_p6859.nosuchtag_split.h5_"
-                            "output_train_lowpt_ttbar_bjets.h5 (+5 more, listed above): ")
+                            "split.tar: ")
     assert "is --tag or the user (--rucio-user / RUCIO_ACCOUNT) wrong?" in error
-    assert done.stderr.count("missing: user.upptest.601589.") == 6
+    assert done.stderr.count("missing: user.upptest.601589.") == 1
 
     # the state says why: the task has not finished
     config = load_config(config_path)
@@ -304,7 +301,7 @@ def test_interrupted_download_resumes_without_fetching_verified_files_again(
             raise KeyboardInterrupt  # Ctrl-C during the third batch
         return fetch(self, files, staging, threads)
 
-    options = DownloadOptions(uploaded, prepare_only=True, policy=RetryPolicy(batch_files=5))
+    options = DownloadOptions(uploaded, prepare_only=True, policy=RetryPolicy(batch_files=1))
     with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
         mp.setattr(RucioSource, "fetch", fetch_then_interrupt)
         download_and_prepare(config, options)
@@ -312,12 +309,12 @@ def test_interrupted_download_resumes_without_fetching_verified_files_again(
     before = ledger(config.path, uploaded)
     verified = {n: Path(r["dest"]).stat().st_mtime_ns for n, r in before.items()
                 if r["state"] == "verified"}
-    assert len(verified) == 10 and len(before) == 18
+    assert len(verified) == 2 and len(before) == 3
 
     done = cli("download", "-c", config.path, "--tag", uploaded, "--prepare-only")
 
     assert done.returncode == 0, done.stderr
-    assert "fetched and verified now: 8 files" in done.stdout
+    assert "fetched and verified now: 1 files" in done.stdout
     after = ledger(config.path, uploaded)
     assert {r["state"] for r in after.values()} == {"verified"}
     assert {r["fetches"] for r in after.values()} == {1}  # nothing fetched twice
@@ -330,11 +327,8 @@ def test_inputs_without_outputs_block_prepare_unless_allowed(rucio_server, rucio
     config = load_config(config_path)
     ttbar = next(t for t in grid_jobs if "ttbar" in t.spec.samples)
     (task,) = retag(config, [ttbar], "partial")
-    # PanDA finished the task with one of its two input files failed; and one output of the
-    # good job never reached its container
-    lost_output = "output_val_lowpt_ttbar_ujets.h5"
-    upload_task_outputs(rucio_server.rse, task.spec, 3004, task.jobs[:1],
-                        skip=[("_000001", lost_output)])
+    # PanDA finished the task with one of its two jobs failed: only the first job's output
+    upload_task_outputs(rucio_server.rse, task.spec, 3004, task.jobs[:1])
     with StateDB(config.global_.base_dir / "upp-grid.sqlite") as state:
         sub = Submission("partial", "panda", str(config_path), config.config_hash, USER, "sb")
         rec = state.record_task(sub, task.spec, status=states.PARTIAL, jedi_task_id=3004)
@@ -344,10 +338,9 @@ def test_inputs_without_outputs_block_prepare_unless_allowed(rucio_server, rucio
     refused = cli("download", "-c", config_path, "--tag", "partial", "--prepare-only")
 
     assert refused.returncode == 1
-    assert f"incomplete: {task.spec.out_ds}: job _000001 has no output in 1 container " \
-           f"({task.spec.out_ds}_{lost_output})" in refused.stderr
-    assert (f"incomplete: task 3004 of {task.spec.container} (partial, 1/2 files done, 1 "
-            "failed): 1 of 2 input files have no outputs") in refused.stderr
+    missing = task.jobs[1].input.name
+    assert f"incomplete: {task.spec.container}: input {missing} has no output" in (
+        refused.stderr)
     assert "--allow-partial" in refused.stderr.strip().splitlines()[-1]
     assert {r["state"] for r in ledger(config_path, "partial").values()} == {"verified"}
     assert not (config.global_.components_dir / "organised-components.yaml").exists()
@@ -358,18 +351,38 @@ def test_inputs_without_outputs_block_prepare_unless_allowed(rucio_server, rucio
     assert allowed.returncode == 0, allowed.stderr
     assert "fetched and verified now: 0 files" in allowed.stdout
     assert "WARNING inputs without outputs" in allowed.stdout
-    expected = _jets_in(task.jobs[0], exclude=lost_output)
-    assert catalogue_counts(config_path) == expected
+    assert catalogue_counts(config_path) == _jets_in(config, task.jobs[0])
 
 
-def _jets_in(job: JobOutputs, exclude: str) -> dict[str, dict[str, int]]:
+def test_an_input_covered_by_two_jobs_is_an_error_naming_it(rucio_server, rucio_client_config,
+                                                            cli, inputs, grid_jobs, tmp_path):
+    config_path = write_config(tmp_path / "grid", inputs, TTBAR)
+    config = load_config(config_path)
+    ttbar = next(t for t in grid_jobs if "ttbar" in t.spec.samples)
+    (task,) = retag(config, [ttbar], "twice")
+    # PanDA ran the first job twice: its output appears under two serials
+    again = JobOutputs("_000003", ttbar.jobs[0].input, ttbar.jobs[0].directory)
+    upload_task_outputs(rucio_server.rse, task.spec, 3005, [*task.jobs, again])
+
+    done = cli("download", "-c", config_path, "--tag", "twice", "--prepare-only",
+               "--rucio-user", USER)
+
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()[-1]
+    assert f"input {ttbar.jobs[0].input.name} is covered by 2 job outputs" in error
+    assert "_000001" in error and "_000003" in error
+    assert not (config.global_.components_dir / "organised-components.yaml").exists()
+
+
+def _jets_in(config: Config, job: JobOutputs) -> dict[str, dict[str, int]]:
+    from upp_grid.grid.job_archive import read_provenance
+
     counts = {s: dict.fromkeys(FLAVOURS, 0) for s in SPLITS}
-    for path in job.directory.glob("output_*.h5"):
-        if path.name == exclude:
-            continue
-        split, flavour = path.stem.split("_")[1], path.stem.split("_")[-1]
-        with h5py.File(path, "r") as f:
-            counts[split][flavour] += f["jets"].shape[0]
+    names = {c.name: c.flavour.name for c in config.components}
+    for item in read_provenance(job.directory / "split.tar").inputs:
+        for output, n in item.outputs.items():
+            split, component = output.split("_", 1)
+            counts[split][names[component]] += n
     return counts
 
 
@@ -385,7 +398,7 @@ def test_local_backend_store_gives_the_same_catalogue(cli, inputs, grid_jobs, lo
         for task in retag(config, grid_jobs, "loc"):
             rec = state.record_task(sub, task.spec, status=states.DONE)
             publish_task_outputs(store, task.spec, rec.id, task.jobs)
-            state.reset_jobs(rec.id, [str(j.input) for j in task.jobs])
+            state.reset_jobs(rec.id, [",".join(map(str, j.inputs)) for j in task.jobs])
             for job in state.jobs(rec.id):
                 claimed = state.claim_job(rec.id, job.index, str(tmp_path / "log"))
                 state.finish_job(claimed, "done", 0, None)

@@ -14,6 +14,7 @@ import pytest
 
 from upp_grid.fsutil import adler32_file
 from upp_grid.grid.download_records import DownloadError, Wanted, check_layout, job_dir, parse_lfn
+from upp_grid.grid.job_archive import Provenance, pack, unpacked
 from upp_grid.grid.names import scope_of
 from upp_grid.grid.rucio import (
     FetchOutcome,
@@ -28,7 +29,7 @@ from upp_grid.grid.store import LocalStore
 from upp_grid.grid.transfer import RetryPolicy, transfer
 
 SCOPE = "user.jdoe"
-CONTAINER = "user.jdoe.601589.e1_s2.t1_split.h5_output_train_lowpt_ttbar_bjets.h5"
+CONTAINER = "user.jdoe.601589.e1_s2.t1_split.h5_split.tar"
 
 
 def test_rucio_config_is_found_or_the_error_says_what_to_set_up(tmp_path):
@@ -52,11 +53,13 @@ def test_rucio_config_is_found_or_the_error_says_what_to_set_up(tmp_path):
 
 
 def test_grid_file_names_map_back_to_one_directory_per_job(tmp_path):
-    lfn = "user.jdoe.41234567._000012.output_train_lowpt_ttbar_bjets.h5"
+    lfn = "user.jdoe.41234567._000012.split.tar"
 
-    assert parse_lfn(lfn) == (41234567, "_000012", "output_train_lowpt_ttbar_bjets.h5")
-    assert parse_lfn(lfn + ".2") == (41234567, "_000012", "output_train_lowpt_ttbar_bjets.h5")
+    assert parse_lfn(lfn) == (41234567, "_000012", "split.tar")
+    assert parse_lfn(lfn + ".2") == (41234567, "_000012", "split.tar")
     assert parse_lfn("user.jdoe.41234567.log.tgz") is None
+    # a per-component output of an older upp-grid is not a job output
+    assert parse_lfn("user.jdoe.41234567._000012.output_train_lowpt_ttbar_bjets.h5") is None
     assert scope_of(lfn) == SCOPE and scope_of("mc20_13TeV.601589.x") == "mc20_13TeV"
     assert job_dir(tmp_path, "ttbar", "user.jdoe.601589.e1_s2.t1_split.h5/", "_000012") == (
         tmp_path / "ttbar" / "user.jdoe.601589.e1_s2.t1_split.h5" / "_000012")
@@ -93,12 +96,13 @@ def stored(tmp_path: Path, n: int) -> tuple[LocalStore, list[Wanted]]:
     wanted = []
     for k in range(1, n + 1):
         src = tmp_path / f"src{k}"
-        src.write_bytes(f"job {k} ".encode() * 1000)
-        lfn = f"user.jdoe.1000._{k:06d}.output_train_lowpt_ttbar_bjets.h5"
+        # an archive of a job that had no input rows (provenance only), distinct per job
+        pack(src, tmp_path, Provenance((), ("ttbar",), f"config{k}", "split"))
+        lfn = f"user.jdoe.1000._{k:06d}.split.tar"
         s = store.publish(src, SCOPE, CONTAINER, lfn)
-        dest = job_dir(tmp_path / "components", "ttbar", "outds", f"_{k:06d}") / "output.h5"
+        dest = job_dir(tmp_path / "components", "ttbar", "outds", f"_{k:06d}")
         wanted.append(Wanted(RemoteFile(SCOPE, lfn, s.bytes, s.adler32), CONTAINER, "outds",
-                             "ttbar", "train_lowpt_ttbar_bjets", f"_{k:06d}", dest))
+                             "ttbar", "split.tar", f"_{k:06d}", dest))
     return store, wanted
 
 
@@ -116,10 +120,9 @@ def test_transient_failures_are_retried_and_every_file_is_verified(tmp_path):
     assert source.calls == 3
     assert {r.state for r in rows} == {"verified"}
     assert {r.fetches for r in rows} == {3}
-    for w in wanted:
-        assert w.dest.read_bytes() == store.path(
-            next(s for s in store.list_files(SCOPE, CONTAINER) if s.name == w.remote.name)
-        ).read_bytes()
+    for k, w in enumerate(wanted, start=1):
+        assert w.in_place()  # unpacked and marked with the grid file it came from
+        assert unpacked(w.dest)[1].config_hash == f"config{k}"
 
 
 def test_a_file_still_unreadable_after_the_retries_is_named(tmp_path):
@@ -137,15 +140,17 @@ def test_a_file_still_unreadable_after_the_retries_is_named(tmp_path):
 
 
 def test_split_outputs_not_from_the_tag_are_refused(tmp_path):
-    mine = tmp_path / "ttbar" / "outds" / "_000001" / "output_train_lowpt_ttbar_bjets.h5"
+    mine = (tmp_path / "ttbar" / "outds" / "_000001" / "input1" /
+            "output_train_lowpt_ttbar_bjets.h5")
     local = tmp_path / "ttbar" / "inputs" / "file1" / "output_train_lowpt_ttbar_bjets.h5"
     staged = tmp_path / ".download" / "t1" / "output_train_lowpt_ttbar_bjets.h5"
     for path in (mine, local, staged):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
 
+    job = mine.parent
     with pytest.raises(DownloadError, match=rf"^{tmp_path}: 1 split output is not from the "
                        rf"download of tag 't1' \(first: {local}\)"):
-        check_layout(tmp_path, "t1", [mine])
+        check_layout(tmp_path, "t1", [job])
     local.unlink()
-    check_layout(tmp_path, "t1", [mine])  # hidden staging files do not count
+    check_layout(tmp_path, "t1", [job])  # hidden staging files do not count

@@ -30,8 +30,8 @@ from tests.grid_support import (
     run_cli,
 )
 from upp_grid.config import load_config
-from upp_grid.grid.state import StateDB
 from upp_grid.grid.job_archive import unpack
+from upp_grid.grid.state import StateDB
 from upp_grid.grid.store import LocalStore
 from upp_grid.stages.split_local import plan_units, split_stage
 

@@ -100,7 +100,6 @@ def test_submit_sends_one_prun_task_per_container_and_records_it(fake, project, 
     config = load_config(project.config)
     for task_id, container in zip((1000, 1001), (TTBAR, ZPRIME), strict=True):
         params, out_ds = fake.submitted_params(task_id), OUT_DS[container]
-        files = [o.filename for o in declared_outputs(config, [SAMPLE[container]])]
         assert params["dsForIN"] == container
         assert params["taskName"] == f"{out_ds}/"
         assert {item["dataset"]: item["value"] for item in params["jobParameters"]

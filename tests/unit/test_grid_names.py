@@ -107,7 +107,7 @@ def test_a_resubmission_attempt_gets_its_own_out_ds(config):
     spec = plan_tasks(config, "v1", "jdoe", attempts={TTBAR: 3})[0]
     assert spec.out_ds == "user.jdoe.601589.e8547_s3797_r13144_p6859.v1.try3_split.h5"
     assert spec.attempt == 3
-    with pytest.raises(names.DatasetNameError, match="may not end in '.try<N>'"):
+    with pytest.raises(names.DatasetNameError, match=r"may not end in '\.try<N>'"):
         plan_tasks(config, "v1.try2", "jdoe")
 
 

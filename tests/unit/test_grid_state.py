@@ -11,7 +11,6 @@ from dataclasses import replace
 import pytest
 
 from tests.grid_support import clean_env
-from upp_grid.grid.tasks import OutputSpec, TaskSpec
 from upp_grid.grid.state import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -20,6 +19,7 @@ from upp_grid.grid.state import (
     StateError,
     Submission,
 )
+from upp_grid.grid.tasks import OutputSpec, TaskSpec
 
 # What `upp-grid download` of schema 1 created next to the state tables on its own
 V1_DOWNLOAD_TABLES = """

@@ -264,6 +264,7 @@ def _expected_inputs(task: TaskOutputs, config: Config | None) -> set[str] | Non
     if task.jobs:
         return {Path(p).name for j in task.jobs for p in j.input.split(",")}
     if config is not None:
+        from upp_grid.grid.tasks import resolve_container
         from upp_grid.inputs import container_files
 
         names_ = set()
@@ -272,7 +273,11 @@ def _expected_inputs(task: TaskOutputs, config: Config | None) -> set[str] | Non
             if sample.name not in task.samples or not ntuples.is_dir():
                 continue
             for pattern in sample.patterns:
-                if pattern.strip("/").split("/", 1)[0] == task.in_ds:
+                try:
+                    container = resolve_container(ntuples, pattern, sample.name)
+                except UppGridError:
+                    continue
+                if container == task.in_ds:
                     names_.update(p.name for p in container_files(ntuples, pattern))
         if names_:
             return names_
