@@ -97,7 +97,6 @@ def test_submit_sends_one_prun_task_per_container_and_records_it(fake, project, 
     (archive, uploaded), = fake.uploaded_files.items()
     assert archive.startswith("sources.")  # --noCompile: the 768 MiB sandbox limit
     assert uploaded.read_bytes() == project.sandbox("t1").read_bytes()
-    config = load_config(project.config)
     for task_id, container in zip((1000, 1001), (TTBAR, ZPRIME), strict=True):
         params, out_ds = fake.submitted_params(task_id), OUT_DS[container]
         assert params["dsForIN"] == container
