@@ -598,6 +598,8 @@ class FakePanda:
         return upload.path if upload is not None else None
 
     def _validate_cache_file(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Follows ``file_server_api.validate_cache_file``: ``FOUND:<host>:<name>`` for an
+        upload of the same size and checksum, else ``NOTFOUND``."""
         try:
             size, checksum = int(params["file_size"]), int(params["checksum"])
         except (KeyError, TypeError, ValueError):
@@ -610,6 +612,8 @@ class FakePanda:
         return _envelope(False, "NOTFOUND")
 
     def _upload_cache_file(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Follows ``file_server_api.upload_cache_file``: the size limit is decided on the name
+        as sent (``sources.*``: SANDBOX_LIMIT, else SANDBOX_NO_BUILD_LIMIT); no overwrite."""
         upload = params.get("_file")
         if upload is None:
             return _envelope(False, "no file in the request")
@@ -634,6 +638,8 @@ class FakePanda:
         return _envelope(True)
 
     def _submit(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Follows ``task_api.submit`` and ``task_event_module.insertTaskParamsPanda``: a new
+        task (code 0), a reactivation (code 3, success) or a refusal (code 2)."""
         task_params = params.get("task_parameters")
         if not isinstance(task_params, dict):
             kind = type(task_params).__name__
@@ -690,6 +696,7 @@ class FakePanda:
                    "once it goes into running/finished/failed/done. ")
 
     def _lookup(self, params: dict[str, Any]) -> tuple[int | None, FakeTask | None]:
+        """The ``task_id`` argument as the ``task_api`` handlers read it (``int(task_id)``)."""
         try:
             task_id = int(params["task_id"])
         except (KeyError, TypeError, ValueError):
@@ -698,6 +705,7 @@ class FakePanda:
             return task_id, self._tasks.get(task_id)
 
     def _get_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Follows ``task_api.get_status``: the JEDI state in ``data``."""
         task_id, task = self._lookup(params)
         if task_id is None:
             return _envelope(False, "jediTaskID must be an integer")
@@ -706,6 +714,8 @@ class FakePanda:
         return _envelope(True, data=task.status)
 
     def _get_details(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Follows ``task_api.get_details`` (``TaskBuffer.getJediTaskDetails``): inDS, outDS,
+        statistics, PandaID, status; no file counts."""
         _task_id, task = self._lookup(params)
         if task is None:
             return _envelope(False, "Task not found or error retrieving the details")
@@ -735,9 +745,9 @@ class FakePanda:
         return _envelope(True, data=details)
 
     def _detailed_info_since(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``task_api.get_tasks_detailed_info_since``: equality filters and ``since`` select up
-        to ``n_tasks`` of the user's tasks first (``getTaskIDsWithCriteria_JEDI``, in no set
-        order: here the newest first), and only then are regex-looking filters applied, so a
+        """Follows ``task_api.get_tasks_detailed_info_since``: equality filters and ``since``
+        select up to ``n_tasks`` of the user's tasks first (``getTaskIDsWithCriteria_JEDI``, in
+        no set order: here the newest first), and only then are regex-looking filters applied, so a
         ``"id|id"`` filter can miss tasks when the user has more than ``n_tasks``."""
         try:
             n_tasks = int(params.get("n_tasks", 500))
@@ -781,7 +791,7 @@ class FakePanda:
         }
 
     def _job_descriptions(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``task_api.get_job_descriptions``: the task's jobs, only failed, cancelled or
+        """Follows ``task_api.get_job_descriptions``: the task's jobs, only failed, cancelled or
         closed ones with ``unsuccessful_only``; success with an empty list for none."""
         task_id, task = self._lookup(params)
         if task_id is None:
