@@ -60,7 +60,21 @@ def linked_env(root: Path) -> Path:
         subprocess.run([base, "-m", "venv", "--without-pip", str(env)], check=True)
         site = next(env.glob("lib/python3*/site-packages"))
         (site / "_upp_grid_test_link.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        # installed metadata, as the sandbox's allow-list reads it: upp-grid (its code comes
+        # from the working tree) needs one distribution, whose RECORD is the link
+        _dist_info(site, "upp-grid", ("upp-grid-test-link",), ())
+        _dist_info(site, "upp-grid-test-link", (), ("_upp_grid_test_link.pth",))
     return env
+
+
+def _dist_info(site: Path, name: str, requires: Sequence[str], files: Sequence[str]) -> None:
+    info = site / f"{name.replace('-', '_')}-0.dist-info"
+    info.mkdir()
+    meta = [f"Metadata-Version: 2.1\nName: {name}\nVersion: 0"]
+    meta += [f"Requires-Dist: {r}" for r in requires]
+    (info / "METADATA").write_text("\n".join(meta) + "\n")
+    record = [*files, f"{info.name}/METADATA", f"{info.name}/RECORD"]
+    (info / "RECORD").write_text("".join(f"{r},,\n" for r in record))
 
 
 def clean_env(**extra: str) -> dict[str, str]:

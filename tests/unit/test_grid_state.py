@@ -58,13 +58,13 @@ def test_new_state_file_has_schema_version_and_wal(tmp_path):
     with StateDB(tmp_path / "s.sqlite"):
         pass
     db = sqlite3.connect(tmp_path / "s.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
-    message = (f"{tmp_path / 's.sqlite'}: written by a newer upp-grid (schema 4, this one reads "
-               "up to 3): upgrade upp-grid")
+    message = (f"{tmp_path / 's.sqlite'}: written by a newer upp-grid (schema 5, this one reads "
+               "up to 4): upgrade upp-grid")
     with pytest.raises(StateError) as err:
         StateDB(tmp_path / "s.sqlite")
     assert str(err.value) == message
@@ -101,7 +101,7 @@ def test_a_schema_1_file_is_migrated_and_keeps_its_rows(tmp_path, with_download_
         assert [f.name for f in state.download_files("v2")] == ["f.h5"]
 
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "download_files" in tables and "download_meta" not in tables
     assert "task_attempts" in tables
@@ -133,6 +133,40 @@ def test_a_schema_2_file_is_migrated_and_every_task_becomes_an_attempt(tmp_path)
             "user.jdoe.1.e1.v1_split.h5", 1000, "submitted")
         assert state.next_attempts("v1") == {"c": 3}
         assert [f.state for f in state.download_files("v1")] == ["verified"]
+
+
+def test_a_schema_3_file_gets_platform_and_image_columns_from_its_runtime(tmp_path):
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    for version in (1, 2, 3):
+        for statement in MIGRATIONS[version]:
+            db.execute(statement)
+    db.execute("INSERT INTO submissions VALUES ('v1', 'panda', '/cfg.yaml', 'hash', 'jdoe', "
+               "'/sb.tar.gz', NULL, NULL, 'then', 'then')")
+    image = '{"runtime": "image", "platform": null, "image": "/cvmfs/unpacked.cern.ch/x:1"}'
+    el9 = '{"runtime": "@el9", "platform": "@el9", "image": null}'
+    for container, runtime in (("c1", image), ("c2", el9)):
+        db.execute("""INSERT INTO tasks (tag, container, samples, out_ds, outputs, command,
+                      status, jedi_task_id, attempt, submitted_at, updated_at, runtime)
+                      VALUES ('v1', ?, '["s"]', ?, '[]', 'cmd', 'done', 1000, 1, 'then',
+                      'then', ?)""", (container, f"user.jdoe.1.e1.v1_split.{container}.h5",
+                                     runtime))
+        db.execute("""INSERT INTO task_attempts (tag, container, attempt, out_ds, jedi_task_id,
+                      config_hash, runtime, outcome, detail, at) VALUES ('v1', ?, 1, ?, 1000,
+                      'hash', ?, 'submitted', NULL, 'then')""",
+                   (container, f"user.jdoe.1.e1.v1_split.{container}.h5", runtime))
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+
+    with StateDB(path) as state:
+        tasks = {t.container: t for t in state.tasks("v1")}
+        assert (tasks["c1"].platform, tasks["c1"].container_image) == (
+            None, "/cvmfs/unpacked.cern.ch/x:1")
+        assert (tasks["c2"].platform, tasks["c2"].container_image) == ("@el9", None)
+        attempts = {a.container: a for a in state.attempts("v1")}
+        assert attempts["c1"].container_image == "/cvmfs/unpacked.cern.ch/x:1"
+        assert attempts["c2"].platform == "@el9"
 
 
 def test_a_file_with_only_the_old_download_tables_is_migrated(tmp_path):

@@ -36,6 +36,7 @@ from pathlib import Path
 import upp_grid
 from upp_grid.errors import BookkeepingError, InputError
 from upp_grid.fsutil import atomic_path
+from upp_grid.grid.safe_tar import safe_members
 
 ARCHIVE_NAME = "split.tar"
 PROVENANCE_NAME = "provenance.json"
@@ -200,20 +201,14 @@ def unpack(archive: Path, dest: Path, jets_name: str = "jets",
 def _safe_members(tar: tarfile.TarFile, archive: Path, units: set[str]
                   ) -> list[tarfile.TarInfo]:
     out = []
-    for n, member in enumerate(tar):
-        if n > _MAX_MEMBERS:
-            raise ArchiveError(f"{archive}: more than {_MAX_MEMBERS} members")
-        name = member.name
-        parts = Path(name).parts
-        if name.startswith("/") or ".." in parts or not parts:
-            raise ArchiveError(f"{archive}: member '{name}' points outside the job directory")
-        if not (member.isfile() or member.isdir()):
-            raise ArchiveError(f"{archive}: member '{name}' is a link or device, not a file")
-        if name == PROVENANCE_NAME:
+    for member in safe_members(tar, archive, allow_links=False, max_members=_MAX_MEMBERS,
+                               error=ArchiveError):
+        if member.name == PROVENANCE_NAME:
             continue
+        parts = Path(member.name).parts
         if parts[0] not in units or len(parts) > 2:
-            raise ArchiveError(f"{archive}: member '{name}' is not in the directory of an "
-                               f"input the archive's {PROVENANCE_NAME} lists")
+            raise ArchiveError(f"{archive}: member '{member.name}' is not in the directory of "
+                               f"an input the archive's {PROVENANCE_NAME} lists")
         out.append(member)
     return out
 

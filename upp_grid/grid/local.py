@@ -26,6 +26,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -98,7 +99,9 @@ class LocalBackend:
         if any(s.options.container_image for s in specs):
             raise UppGridError("--container-image runs jobs in a container on the grid: the "
                                "local backend runs the env/ sandbox (drop --container-image)")
-        self._unpack(submission, sandbox())
+        tarball = sandbox()
+        submission = replace(submission, sandbox_sha256=sandboxes.file_sha256(tarball))
+        self._unpack(submission, tarball)
         ids = []
         for spec in specs:
             jobs = group_inputs(spec.files, spec.options)
@@ -178,20 +181,37 @@ class LocalBackend:
 
     # ---------------------------------------------------------------------------- internals
     def _unpack(self, submission: Submission, sandbox: Path) -> Path:
-        """Unpack the sandbox once per content into ``<work_dir>/sandbox``."""
+        """Unpack the sandbox into ``<work_dir>/sandbox``, once per content.
+
+        The tarball must be the one the tag was submitted with (its sha256 in the state DB):
+        a replaced tarball is refused, never unpacked or run. An unpacked sandbox is reused
+        only if it was unpacked from exactly that content; unpacking refuses unsafe members
+        and checks every file against the manifest."""
         work = Path(submission.work_dir or sandbox.parent / "local")
         target = work / "sandbox"
-        st = sandbox.stat()
-        mark = f"{sandbox.absolute()} {st.st_size} {st.st_mtime_ns}"
-        if (target / _UNPACKED_MARK).is_file() and (target / _UNPACKED_MARK).read_text() == mark:
+        try:
+            sha = sandboxes.file_sha256(sandbox)
+        except OSError as err:
+            raise UppGridError(f"{sandbox}: the tag's sandbox is unreadable ({err.strerror}): "
+                               "submit again with a new --tag") from None
+        if submission.sandbox_sha256 is not None and sha != submission.sandbox_sha256:
+            raise UppGridError(
+                f"{sandbox}: not the sandbox tag '{submission.tag}' was submitted with (sha256 "
+                f"{sha[:12]}…, recorded {submission.sandbox_sha256[:12]}…): it was replaced "
+                "after submit; nothing was run")
+        mark = target / _UNPACKED_MARK
+        if mark.is_file() and mark.read_text() == sha:
             return target
         staging = work / f".sandbox-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         log.info("unpacking %s into %s", sandbox, target)
-        sandboxes.unpack(sandbox, staging)
-        (staging / _UNPACKED_MARK).write_text(mark)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        try:
+            sandboxes.unpack(sandbox, staging)
+            (staging / _UNPACKED_MARK).write_text(sha)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return target
 
     def _run(self, submission: Submission, task_ids: Sequence[int]) -> None:

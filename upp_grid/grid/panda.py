@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from upp_grid.grid.panda_client import (
     one_line,
     prun_task_params,
 )
+from upp_grid.grid.sandbox import file_sha256
 from upp_grid.grid.state import StateDB, Submission, TaskRecord
 from upp_grid.grid.tasks import TaskSpec
 
@@ -105,6 +107,7 @@ class PandaBackend:
                sandbox: Callable[[], Path]) -> list[TaskRecord]:
         client = self._connect()
         tarball = sandbox()
+        submission = replace(submission, sandbox_sha256=file_sha256(tarball))
         prun_dir = tarball.parent / "prun"
         records = []
         refused: list[NameInUseError] = []

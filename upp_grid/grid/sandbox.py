@@ -1,77 +1,75 @@
 """The grid sandbox ``submission/<tag>/sandbox.tar.gz`` (DESIGN §6).
 
-It holds ``env/`` (the virtualenv, symlinks to outside it dereferenced), ``grid/`` (the job
-entry script), ``config.yaml`` (the resolved config, includes inlined) and ``manifest.json``.
-
-* What the worker needs, nothing else: from ``env/`` only ``pyvenv.cfg``, ``bin/python*`` and
-  site-packages; in site-packages only the distributions upp-grid needs at run time, without
-  ``panda-client``/``rucio-clients`` (the worker talks to neither), ``tests`` directories,
-  ``__pycache__`` and hdf5plugin's lossy compressors (:data:`PRUNED_HDF5_PLUGINS`). The
-  ``upp_grid`` package is the one running this code, so the worker runs the same code that
-  planned the task.
-* Never a credential: names like ``x509up_*``, ``*.pem``, ``.globus/``, ``token`` are skipped
-  wherever they are (and reported); so are hidden files and ``.git``.
-* Deterministic: members sorted, mtime/uid/gid/owner fixed, gzip header without name or time.
-  The same inputs give the same bytes except ``manifest.json``'s ``created``; an unchanged
-  sandbox is reused as is (so PanDA also reuses the upload).
-* Size: PanDA takes a sandbox named ``sources.*`` (prun ``--noCompile``) up to 768 MiB on the
-  client and the server; ``--noBuild`` would allow 10 MiB, far less than numpy alone.
-* Runtime (:class:`Runtime`, written as ``runtime.sh`` for ``grid/split.sh`` and recorded in
-  the manifest): a venv sandbox names the base interpreter ``env/`` was built with and the
-  ``lsetup`` that provided it (``env/upp-grid-runtime.json``, written by
-  ``scripts/setup_env.sh --lsetup``); a container sandbox (``submit --container-image``) holds
-  only ``code/upp_grid``, ``grid/``, the config and the manifest, and goes through
-  ``--noBuild``: at most :data:`NO_BUILD_LIMIT`.
+* **Allow-list** (:mod:`.sandbox_members`): the files of the run-time distributions as their
+  ``RECORD`` lists them, upp-grid's own code, ``pyvenv.cfg`` and the interpreter entries of
+  ``env/bin``, the worker scripts (package data, so any installation can submit), the resolved
+  config, ``runtime.sh`` and ``manifest.json``. A file not on the list is never packed.
+* **Links** stay links only when they end inside the sandbox; the base interpreter is the one
+  file copied from outside ``env/``, on purpose, and the manifest names it.
+* **Content scan** (:mod:`.secret_scan`): every packed file, before anything is written. A
+  credential stops the build with one line naming the file and the kind of secret.
+* **Manifest**: version, config hash, runtime, the base interpreter, and every member with its
+  sha256 (links with their target), so a worker or a reviewer can verify the content.
+* **Deterministic**: members sorted, mtime/uid/gid/owner fixed, gzip header without name or
+  time. The same inputs give the same bytes except ``manifest.json``'s ``created``; an
+  unchanged sandbox is reused as is (so PanDA also reuses the upload). ``sandbox.json`` next to
+  it records the tarball's sha256, which the local backend checks before it runs anything.
+* **Size**: PanDA takes a ``sources.*`` sandbox (prun ``--noCompile``) up to 768 MiB; a
+  container sandbox (``--containerImage``) goes through ``--noBuild``: at most
+  :data:`NO_BUILD_LIMIT`.
+* **Runtime** (:class:`Runtime`, written as ``runtime.sh`` for ``grid/split.sh``): a venv
+  sandbox names the base interpreter ``env/`` was built with and the ``lsetup`` that provided it
+  (``env/upp-grid-runtime.json``, written by ``scripts/setup_env.sh --lsetup``); a container
+  sandbox names its image.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.metadata
 import io
 import json
 import logging
 import os
-import re
 import shlex
-import stat
 import sys
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import upp_grid
-from upp_grid.errors import UppGridError
 from upp_grid.fsutil import atomic_path, write_json_atomic
+from upp_grid.grid import sandbox_members as allow
+from upp_grid.grid.safe_tar import safe_members
+from upp_grid.grid.sandbox_members import Member, SandboxError
+from upp_grid.grid.secret_scan import scan
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Runtime",
+    "SandboxError",
+    "SandboxInfo",
+    "SandboxInputs",
+    "base_python",
+    "ensure_sandbox",
+    "file_sha256",
+    "find_env_dir",
+    "unpack",
+]
+
 SANDBOX_NAME = "sandbox.tar.gz"
 INFO_NAME = "sandbox.json"
-FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+FORMAT = 2  # 2: allow-list, content scan, sha256 of every member in the manifest
 SANDBOX_LIMIT = 768 * 2**20  # pandaclient Client.SOURCES_LIMIT == server SANDBOX_LIMIT
 NO_BUILD_LIMIT = 10 * 2**20  # panda-server file_server_api.SANDBOX_NO_BUILD_LIMIT (jobO.*)
 RUNTIME_FILE = "upp-grid-runtime.json"  # in env/, written by scripts/setup_env.sh
 FIXED_MTIME = 946_684_800  # 2000-01-01T00:00:00Z for every member
 DEFAULT_LEVEL = 6
 ENTRY_FILE = "split.sh"
-
-SUBMIT_ONLY_DISTS = frozenset({"panda-client", "rucio-clients"})
-# lossy scientific compressors: neither TDD ntuples nor upp-grid's intermediates use them
-PRUNED_HDF5_PLUGINS = frozenset({"libh5sz.so", "libh5sz3.so", "libh5sperr.so", "libh5zfp.so",
-                                 "libh5fcidecomp.so", "libh5htj2k.so"})
-_CREDENTIAL = re.compile(
-    r"^(x509up_.*|.*\.(pem|p12|pfx|key|jwt|token)|\.?token|.*_token|\.?netrc|usercert.*|"
-    r"userkey.*|\.globus|\.ssh|\.pathena|\.rucio|\.token.*)$", re.IGNORECASE)
-_CA_BUNDLE = re.compile(r"^(cacert|ca-bundle|ca-certificates)\.(pem|crt)$")
-_ALLOWED_HIDDEN = frozenset({".libs", ".dylibs"})
-_SKIPPED_NAMES = frozenset({"__pycache__", "tests"})
-
-
-class SandboxError(UppGridError):
-    """The sandbox cannot be built or is too large."""
+_READ = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -118,8 +116,7 @@ class SandboxInputs:
     """What goes into a sandbox."""
 
     env_dir: Path
-    grid_dir: Path
-    package_dir: Path
+    package_dir: Path  #: the upp_grid package that plans the task (its code is shipped)
     config_yaml: str
     config_hash: str
     runtime: Runtime | None = None  #: None: the venv runtime of ``env_dir``
@@ -134,29 +131,6 @@ class SandboxInputs:
 
 
 @dataclass(frozen=True)
-class Member:
-    """One tar member: a directory, a file (content from ``source`` or ``data``) or a link."""
-
-    arcname: str
-    kind: str
-    source: Path | None = None
-    data: bytes | None = None
-    linkname: str = ""
-    executable: bool = False
-
-    def key(self) -> str:
-        """What identifies this member's content, for the reuse fingerprint."""
-        if self.source is not None:
-            st = self.source.stat()
-            what = f"{st.st_size}:{st.st_mtime_ns}"
-        elif self.data is not None:
-            what = hashlib.sha256(self.data).hexdigest()
-        else:
-            what = self.linkname
-        return f"{self.arcname}\0{self.kind}\0{int(self.executable)}\0{what}"
-
-
-@dataclass(frozen=True)
 class SandboxInfo:
     """A built (or reused) sandbox."""
 
@@ -165,7 +139,9 @@ class SandboxInfo:
     members: tuple[str, ...]
     reused: bool
     fingerprint: str
-    skipped_credentials: tuple[str, ...] = field(default=())
+    sha256: str  #: of the tarball
+    build_s: float = 0.0  #: wall time of the build (0 when reused)
+    scan_s: float = 0.0  #: of which reading, hashing and scanning the members
 
     @property
     def size_mib(self) -> float:
@@ -190,17 +166,6 @@ def find_env_dir(environ: dict[str, str] | None = None) -> Path:
     return env_dir
 
 
-def find_grid_dir(env_dir: Path) -> Path:
-    """The worker-side ``grid/`` directory of the checkout (next to the package or the env)."""
-    candidates = [Path(upp_grid.__file__).resolve().parents[1] / "grid",
-                  env_dir.resolve().parent / "grid"]
-    for candidate in candidates:
-        if (candidate / ENTRY_FILE).is_file():
-            return candidate
-    raise SandboxError(f"grid/{ENTRY_FILE} not found in {' or '.join(map(str, candidates))}: "
-                       "run upp-grid from the repository checkout")
-
-
 def base_python(env_dir: Path) -> str:
     """The base interpreter directory a venv needs (``home`` in its ``pyvenv.cfg``)."""
     for line in (env_dir / "pyvenv.cfg").read_text().splitlines():
@@ -211,171 +176,22 @@ def base_python(env_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ member list
-def is_credential(name: str) -> bool:
-    """Whether a file or directory name looks like a credential (proxy, key, token, …)."""
-    return bool(_CREDENTIAL.match(name))
-
-
-@dataclass
-class _Collector:
-    """Accumulates members, remembering which credential-like names it skipped."""
-
-    members: dict[str, Member] = field(default_factory=dict)
-    credentials: list[str] = field(default_factory=list)
-
-    def keep(self, name: str, arc_dir: str, *, prune_tests: bool) -> bool:
-        if is_credential(name):
-            if not _CA_BUNDLE.match(name):  # public CA certificates: left out, not reported
-                self.credentials.append(f"{arc_dir}/{name}")
-            return False
-        if name.startswith(".") and name not in _ALLOWED_HIDDEN:
-            return False
-        if name.endswith((".pyc", ".pyo")):
-            return False
-        return not (name in _SKIPPED_NAMES and (prune_tests or name == "__pycache__"))
-
-    def add(self, member: Member) -> None:
-        parts = member.arcname.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            self.members.setdefault(parent, Member(parent, "dir"))
-        self.members[member.arcname] = member
-
-
-def collect_members(inputs: SandboxInputs) -> tuple[list[Member], list[str]]:
-    """Every member but ``manifest.json``, sorted; and the credential-like paths skipped."""
-    col = _Collector()
+def collect_members(inputs: SandboxInputs) -> allow.SandboxContent:
+    """Every member but ``manifest.json``, sorted (see :mod:`.sandbox_members`)."""
     runtime = inputs.resolved_runtime()
-    col.add(Member("runtime.sh", "file", data=runtime.shell().encode()))
-    if runtime.mode == "container":  # the image has the run-time: our code only
-        _add_tree(col, inputs.package_dir, "code/upp_grid", prune_tests=True)
-        _add_tree(col, inputs.grid_dir, "grid", prune_tests=True)
-        col.add(Member("config.yaml", "file", data=inputs.config_yaml.encode()))
-        return sorted(col.members.values(), key=lambda m: m.arcname), col.credentials
-    env = inputs.env_dir
-    col.add(Member("env/pyvenv.cfg", "file", source=env / "pyvenv.cfg"))
-    for path in sorted((env / "bin").glob("python*")):
-        _add_path(col, path, "env/bin", env, prune_tests=False)
-    site = _site_packages(env)
-    site_arc = "env/" + site.relative_to(env).as_posix()
-    wanted = _worker_files(site)
-    for root, dirs, files in os.walk(site):
-        rel_root = Path(root).relative_to(site)
-        arc_root = site_arc if rel_root == Path(".") else f"{site_arc}/{rel_root.as_posix()}"
-        if rel_root.parts[:1] == ("upp_grid",):
-            dirs[:] = []
-            continue
-        dirs[:] = sorted(d for d in dirs if col.keep(d, arc_root, prune_tests=True))
-        for name in sorted(files):
-            if wanted is not None and (rel_root / name).as_posix() not in wanted:
-                continue
-            if col.keep(name, arc_root, prune_tests=True) and name not in PRUNED_HDF5_PLUGINS:
-                _add_path(col, Path(root) / name, arc_root, env, prune_tests=True)
-    _add_tree(col, inputs.package_dir, f"{site_arc}/upp_grid", prune_tests=True)
-    _add_tree(col, inputs.grid_dir, "grid", prune_tests=True)
-    col.add(Member("config.yaml", "file", data=inputs.config_yaml.encode()))
-    if col.credentials:
-        log.warning("not packing %d credential-like file(s): %s", len(col.credentials),
-                    ", ".join(col.credentials[:5]))
-    return sorted(col.members.values(), key=lambda m: m.arcname), col.credentials
-
-
-def _site_packages(env: Path) -> Path:
-    found = sorted(env.glob("lib/python3*/site-packages"))
-    if not found:
-        raise SandboxError(f"{env}: no lib/python3*/site-packages")
-    return found[-1]
-
-
-def _add_tree(col: _Collector, top: Path, arc_top: str, *, prune_tests: bool) -> None:
-    for root, dirs, files in os.walk(top):
-        rel = Path(root).relative_to(top)
-        arc_root = arc_top if rel == Path(".") else f"{arc_top}/{rel.as_posix()}"
-        dirs[:] = sorted(d for d in dirs if col.keep(d, arc_root, prune_tests=prune_tests))
-        for name in sorted(files):
-            if col.keep(name, arc_root, prune_tests=prune_tests):
-                _add_path(col, Path(root) / name, arc_root, top, prune_tests=prune_tests)
-
-
-def _add_path(col: _Collector, path: Path, arc_dir: str, tree: Path, *,
-              prune_tests: bool) -> None:
-    """Add a file or symlink; a link into ``tree`` stays a link, others are dereferenced."""
-    arcname = f"{arc_dir}/{path.name}"
-    if not path.is_symlink():
-        if path.is_file():
-            col.add(Member(arcname, "file", source=path, executable=_is_exec(path)))
-        return
-    target = path.resolve()
-    if not target.exists():
-        log.warning("skipping broken symlink %s", path)
-        return
-    first_hop = Path(os.path.normpath(path.parent / os.readlink(path)))
-    if first_hop.is_relative_to(tree.absolute()):  # e.g. bin/python -> python3: stays a link
-        link = os.path.relpath(first_hop, path.parent)
-        col.add(Member(arcname, "symlink", linkname=link))
-    elif target.is_dir():
-        _add_tree(col, target, arcname, prune_tests=prune_tests)
+    if runtime.mode == "container":
+        content = allow.container_members(inputs.package_dir)
     else:
-        col.add(Member(arcname, "file", source=target, executable=_is_exec(target)))
-
-
-def _is_exec(path: Path) -> bool:
-    return bool(path.stat().st_mode & stat.S_IXUSR)
-
-
-# ----------------------------------------------------------------- runtime distributions only
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _requirement(req: str) -> tuple[str, bool]:
-    """(canonical name, needed at run time without extras)."""
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pragma: no cover - packaging ships with every env built here
-        name = re.match(r"[A-Za-z0-9._-]+", req)
-        marker = req.partition(";")[2]
-        return _canonical(name.group(0) if name else req), "extra" not in marker
-    parsed = Requirement(req)
-    needed = parsed.marker is None or parsed.marker.evaluate({"extra": ""})
-    return _canonical(parsed.name), needed
-
-
-def _worker_files(site: Path) -> set[str] | None:
-    """Site-packages files of upp-grid's run-time dependency closure, minus the distributions
-    only the submitting side needs. None (= keep all) if upp-grid is not installed there."""
-    dists = {}
-    for dist in importlib.metadata.distributions(path=[str(site)]):
-        name = dist.metadata["Name"]
-        if name:
-            dists.setdefault(_canonical(name), dist)
-    root = dists.get("upp-grid")
-    if root is None:
-        log.warning("upp-grid is not installed in %s: packing all of its site-packages", site)
-        return None
-    keep, todo = {"upp-grid"}, [root]
-    while todo:
-        dist = todo.pop()
-        for req in dist.requires or []:
-            name, needed = _requirement(req)
-            if not needed or name in keep or name not in dists:
-                continue
-            if dist is root and name in SUBMIT_ONLY_DISTS:
-                continue
-            keep.add(name)
-            todo.append(dists[name])
-    wanted: set[str] = set()
-    for name in keep:
-        files = dists[name].files
-        if files is None:
-            log.warning("%s has no RECORD: packing all of %s", name, site)
-            return None
-        wanted.update(f.as_posix() for f in files if not f.as_posix().startswith(".."))
-    return wanted
+        content = allow.venv_members(inputs.env_dir, inputs.package_dir,
+                                     runtime.python_home or base_python(inputs.env_dir))
+    extra = (Member("runtime.sh", "file", data=runtime.shell().encode()),
+             Member("config.yaml", "file", data=inputs.config_yaml.encode()))
+    members = sorted((*content.members, *extra), key=lambda m: m.arcname)
+    return allow.SandboxContent(tuple(members), content.base_interpreter)
 
 
 # --------------------------------------------------------------------------------- building
-def fingerprint(members: list[Member], manifest: dict, level: int) -> str:
+def fingerprint(members: tuple[Member, ...], manifest: dict, level: int) -> str:
     """What decides the sandbox content: members (by size and mtime) and the manifest."""
     digest = hashlib.sha256(f"{FORMAT}:{level}\n".encode())
     for member in members:
@@ -385,28 +201,64 @@ def fingerprint(members: list[Member], manifest: dict, level: int) -> str:
     return digest.hexdigest()
 
 
-def make_manifest(inputs: SandboxInputs, members: list[Member]) -> dict:
-    """``manifest.json`` without its creation time."""
+def make_manifest(inputs: SandboxInputs, content: allow.SandboxContent) -> dict:
+    """``manifest.json`` without its creation time and member hashes."""
     runtime = inputs.resolved_runtime()
+    base = content.base_interpreter
     return {"format": FORMAT, "upp_grid_version": upp_grid.__version__,
             "config_hash": inputs.config_hash, "entry": f"grid/{ENTRY_FILE}",
             "python": runtime.python_home, "runtime": runtime.as_dict(),
-            "members": len(members) + 1}
+            "base_interpreter": None if base is None else {"member": base.arcname,
+                                                           "copied_from": base.source},
+            "members": len(content.members) + 1}
 
 
-def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL) -> int:
-    """Write a deterministic ``.tar.gz`` atomically; returns its size in bytes."""
+def scan_members(members: tuple[Member, ...]) -> dict[str, str]:
+    """sha256 of every file member, after scanning its content for credentials.
+
+    Raises
+    ------
+    SandboxError
+        On the first credential, naming the file (its source path) and the kind of secret.
+    """
+    hashes = {}
+    for member in members:
+        if member.kind != "file":
+            continue
+        data = member.data if member.data is not None else _read(member)
+        found = scan(member.arcname, data)
+        if found is not None:
+            where = member.source or member.arcname
+            raise SandboxError(f"{where}:{found.line}: {found.kind} found: it would be packed "
+                               f"into the sandbox as {member.arcname}; nothing was built or "
+                               "uploaded (remove the secret from that file)")
+        hashes[member.arcname] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def _read(member: Member) -> bytes:
+    assert member.source is not None
+    try:
+        return member.source.read_bytes()
+    except OSError as err:
+        raise SandboxError(f"{member.source}: unreadable ({err.strerror})") from None
+
+
+def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL,
+                  hashes: dict[str, str] | None = None) -> int:
+    """Write a deterministic ``.tar.gz`` atomically; returns its size in bytes. With
+    ``hashes``, a file whose content differs from its scanned hash is an error."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, tmp.open("wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
                           mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for member in members:
-            _add_member(tar, member)
+            _add_member(tar, member, hashes)
     return out.stat().st_size
 
 
-def _add_member(tar: tarfile.TarFile, member: Member) -> None:
+def _add_member(tar: tarfile.TarFile, member: Member, hashes: dict[str, str] | None) -> None:
     info = tarfile.TarInfo(member.arcname)
     info.mtime = FIXED_MTIME
     info.uid = info.gid = 0
@@ -417,15 +269,15 @@ def _add_member(tar: tarfile.TarFile, member: Member) -> None:
     elif member.kind == "symlink":
         info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, member.linkname
         tar.addfile(info)
-    elif member.data is not None:
-        info.mode, info.size = 0o644, len(member.data)
-        tar.addfile(info, io.BytesIO(member.data))
     else:
-        assert member.source is not None
+        data = member.data if member.data is not None else _read(member)
+        if hashes is not None and member.arcname in hashes \
+                and hashlib.sha256(data).hexdigest() != hashes[member.arcname]:
+            raise SandboxError(f"{member.source}: changed while the sandbox was packed: "
+                               "submit again")
         info.mode = 0o755 if member.executable else 0o644
-        with member.source.open("rb") as f:
-            info.size = os.fstat(f.fileno()).st_size
-            tar.addfile(info, f)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
 
 
 def ensure_sandbox(inputs: SandboxInputs, out_dir: Path, *, limit: int | None = SANDBOX_LIMIT,
@@ -435,31 +287,41 @@ def ensure_sandbox(inputs: SandboxInputs, out_dir: Path, *, limit: int | None = 
     Raises
     ------
     SandboxError
-        If the inputs are unusable, or the sandbox is larger than ``limit`` bytes.
+        If the inputs are unusable, a file holds a credential, or the sandbox is larger than
+        ``limit`` bytes. Nothing is written then.
     """
-    members, credentials = collect_members(inputs)
-    manifest = make_manifest(inputs, members)
+    import time
+
+    start = time.perf_counter()
+    content = collect_members(inputs)
+    members = content.members
+    manifest = make_manifest(inputs, content)
     digest = fingerprint(members, manifest, level)
     out = out_dir / SANDBOX_NAME
     info_path = out_dir / INFO_NAME
-    names = (*(m.arcname for m in members), "manifest.json")
+    names = tuple(sorted((*(m.arcname for m in members), MANIFEST_NAME)))
     previous = _read_info(info_path)
     if previous.get("fingerprint") == digest and out.is_file() \
-            and out.stat().st_size == previous.get("size"):
+            and out.stat().st_size == previous.get("size") and previous.get("sha256"):
         log.info("reusing %s (%.1f MiB, unchanged)", out, out.stat().st_size / 2**20)
-        info = SandboxInfo(out, out.stat().st_size, tuple(sorted(names)), True, digest,
-                           tuple(credentials))
+        info = SandboxInfo(out, out.stat().st_size, names, True, digest, previous["sha256"])
     else:
+        log.info("scanning %d members for credentials", len(members))
+        hashes = scan_members(members)
+        scanned = time.perf_counter()
         manifest["created"] = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest_member = Member("manifest.json", "file",
+        manifest["files"] = hashes
+        manifest["links"] = {m.arcname: m.linkname for m in members if m.kind == "symlink"}
+        manifest_member = Member(MANIFEST_NAME, "file",
                                  data=json.dumps(manifest, indent=1, sort_keys=True).encode())
-        members = sorted([*members, manifest_member], key=lambda m: m.arcname)
-        log.info("packing %d files into %s", len(members), out)
-        size = write_tarball(members, out, level)
-        write_json_atomic(info_path, {"fingerprint": digest, "size": size,
-                                      "created": manifest["created"], "members": len(members)})
-        info = SandboxInfo(out, size, tuple(m.arcname for m in members), False, digest,
-                           tuple(credentials))
+        ordered = sorted([*members, manifest_member], key=lambda m: m.arcname)
+        log.info("packing %d files into %s", len(ordered), out)
+        size = write_tarball(ordered, out, level, hashes)
+        sha = file_sha256(out)
+        write_json_atomic(info_path, {"fingerprint": digest, "size": size, "sha256": sha,
+                                      "created": manifest["created"], "members": len(ordered)})
+        info = SandboxInfo(out, size, names, False, digest, sha,
+                           time.perf_counter() - start, scanned - start)
     if limit is not None and info.size > limit:
         raise SandboxError(
             f"{out}: {info.size_mib:.1f} MiB is above PanDA's {limit / 2**20:.0f} MiB sandbox "
@@ -479,12 +341,58 @@ def _read_info(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def recorded_sha256(sandbox: Path) -> str | None:
+    """The sha256 that ``sandbox.json`` next to ``sandbox`` recorded when it was built."""
+    value = _read_info(sandbox.parent / INFO_NAME).get("sha256")
+    return value if isinstance(value, str) else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_READ):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 # -------------------------------------------------------------------------------- unpacking
-def unpack(sandbox: Path, dest: Path) -> None:
-    """Unpack a sandbox into ``dest`` (created), as the grid does in a job's work directory."""
+def unpack(sandbox: Path, dest: Path) -> dict:
+    """Unpack a sandbox into ``dest`` (created), as the grid does in a job's work directory,
+    and verify every file against the manifest; returns the manifest.
+
+    Raises
+    ------
+    UnsafeArchiveError
+        A member with an absolute name or ``..``, a hard link, a link out of ``dest``, a
+        device: nothing of the archive is extracted then.
+    SandboxError
+        An unpacked file whose sha256 is not the manifest's, or a member the manifest lacks.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(sandbox, "r:gz") as tar:
-        if hasattr(tarfile, "tar_filter"):
-            tar.extractall(dest, filter="tar")
-        else:  # pragma: no cover - Python without extraction filters
-            tar.extractall(dest)  # our own archive
+    try:
+        with tarfile.open(sandbox, "r:gz") as tar:
+            members = safe_members(tar, sandbox, allow_links=True)
+            if hasattr(tarfile, "tar_filter"):
+                tar.extractall(dest, members=members, filter="tar")
+            else:  # pragma: no cover - Python without extraction filters; checked above
+                tar.extractall(dest, members=members)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise SandboxError(f"{sandbox}: unreadable sandbox ({err})") from None
+    return verify_unpacked(sandbox, dest, members)
+
+
+def verify_unpacked(sandbox: Path, dest: Path, members: list[tarfile.TarInfo]) -> dict:
+    try:
+        manifest = json.loads((dest / MANIFEST_NAME).read_text())
+        files, links = dict(manifest["files"]), dict(manifest["links"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SandboxError(f"{sandbox}: no readable {MANIFEST_NAME} with member hashes") from None
+    for member in members:
+        name = member.name
+        if member.isfile() and name != MANIFEST_NAME:
+            if files.get(name) != file_sha256(dest / name):
+                raise SandboxError(f"{sandbox}: member {name} does not match the manifest's "
+                                   "sha256")
+        elif member.issym() and links.get(name) != member.linkname:
+            raise SandboxError(f"{sandbox}: link {name} is not in the manifest")
+    return manifest

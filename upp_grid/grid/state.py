@@ -28,6 +28,11 @@ Schema versions (``PRAGMA user_version``), each reached from the one before by
    a resubmission always takes a name never used before; ``tasks.runtime`` (platform or image
    and job size, JSON) and ``tasks.error_dialog`` (PanDA's reason for a pending, broken or
    exhausted task). Existing tasks become attempt rows of their own; nothing is lost.
+4. ``platform`` and ``container_image`` columns in ``tasks`` and ``task_attempts`` (what every
+   task and attempt ran on), filled from the runtime JSON of existing rows;
+   ``submissions.sandbox_sha256``, the tarball a tag was submitted with.
+
+The statements of each version are in :mod:`upp_grid.grid.state_schema`.
 
 A file from a newer upp-grid is refused with a one-line error asking to upgrade.
 """
@@ -47,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from upp_grid.errors import UppGridError
 from upp_grid.grid.names import scope_of
+from upp_grid.grid.state_schema import MIGRATIONS, SCHEMA_VERSION
 from upp_grid.grid.tasks import OutputSpec, TaskSpec
 
 if TYPE_CHECKING:
@@ -57,106 +63,6 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "upp-grid.sqlite"
 BUSY_TIMEOUT_S = 60.0
 
-_V1 = (
-    """CREATE TABLE IF NOT EXISTS submissions (
-        tag TEXT PRIMARY KEY,
-        backend TEXT NOT NULL,
-        config_path TEXT NOT NULL,
-        config_hash TEXT NOT NULL,
-        user TEXT NOT NULL,
-        sandbox TEXT NOT NULL,
-        work_dir TEXT,
-        store_dir TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS tasks (
-        id INTEGER PRIMARY KEY,
-        tag TEXT NOT NULL REFERENCES submissions(tag),
-        container TEXT NOT NULL,
-        samples TEXT NOT NULL,
-        out_ds TEXT NOT NULL,
-        outputs TEXT NOT NULL,
-        command TEXT NOT NULL,
-        status TEXT NOT NULL,
-        backend_status TEXT,
-        jedi_task_id INTEGER,
-        n_files INTEGER,
-        n_files_finished INTEGER,
-        n_files_failed INTEGER,
-        attempt INTEGER NOT NULL DEFAULT 1,
-        task_params TEXT,
-        submitted_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        UNIQUE (tag, container))""",
-    """CREATE TABLE IF NOT EXISTS jobs (
-        task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
-        job_index INTEGER NOT NULL,
-        input TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        exit_code INTEGER,
-        error TEXT,
-        log_path TEXT,
-        pid INTEGER,
-        proc_start TEXT,
-        started_at TEXT,
-        finished_at TEXT,
-        PRIMARY KEY (task_id, job_index))""",
-    """CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY,
-        tag TEXT NOT NULL,
-        container TEXT,
-        at TEXT NOT NULL,
-        event TEXT NOT NULL,
-        detail TEXT)""",
-    "CREATE INDEX IF NOT EXISTS events_by_tag ON events (tag, id)",
-)
-# IF NOT EXISTS: a file written by an older download may have the table already, same columns
-_V2 = (
-    """CREATE TABLE IF NOT EXISTS download_files (
-        tag TEXT NOT NULL,
-        did TEXT NOT NULL,
-        container TEXT NOT NULL,
-        out_ds TEXT NOT NULL,
-        sample TEXT NOT NULL,
-        output TEXT NOT NULL,
-        serial TEXT NOT NULL,
-        bytes INTEGER NOT NULL,
-        adler32 TEXT NOT NULL,
-        dest TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('listed', 'verified', 'failed')),
-        fetches INTEGER NOT NULL DEFAULT 0,
-        mtime_ns INTEGER,
-        error TEXT,
-        updated REAL NOT NULL,
-        PRIMARY KEY (tag, did))""",
-    "CREATE INDEX IF NOT EXISTS download_files_dest ON download_files (tag, dest)",
-    "DROP TABLE IF EXISTS download_meta",
-)
-_V3 = (
-    """CREATE TABLE IF NOT EXISTS task_attempts (
-        tag TEXT NOT NULL,
-        container TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        out_ds TEXT NOT NULL,
-        jedi_task_id INTEGER,
-        config_hash TEXT,
-        runtime TEXT,
-        outcome TEXT NOT NULL,
-        detail TEXT,
-        at TEXT NOT NULL,
-        PRIMARY KEY (tag, container, attempt))""",
-    "ALTER TABLE tasks ADD COLUMN runtime TEXT",
-    "ALTER TABLE tasks ADD COLUMN error_dialog TEXT",
-    """INSERT OR IGNORE INTO task_attempts (tag, container, attempt, out_ds, jedi_task_id,
-           config_hash, runtime, outcome, detail, at)
-       SELECT t.tag, t.container, t.attempt, t.out_ds, t.jedi_task_id, s.config_hash, NULL,
-           'submitted', 'recorded before schema 3', t.submitted_at
-       FROM tasks t JOIN submissions s ON s.tag = t.tag""",
-)
-#: ``MIGRATIONS[v]``: the statements that take a file from version ``v - 1`` to ``v``.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
-SCHEMA_VERSION = max(MIGRATIONS)
 
 
 class StateError(UppGridError):
@@ -187,6 +93,7 @@ class Submission:
     store_dir: str | None = None
     created_at: str = ""
     updated_at: str = ""
+    sandbox_sha256: str | None = None  #: of the tarball submitted (schema 4)
 
 
 @dataclass(frozen=True)
@@ -211,6 +118,8 @@ class TaskRecord:
     updated_at: str
     runtime: dict | None = None  #: ``{"runtime": "@el9", "image": ..., "job_size": ...}``
     error_dialog: str | None = None
+    platform: str | None = None  #: the task's ``architecture``, e.g. ``@el9``
+    container_image: str | None = None  #: prun ``--containerImage``
 
     @property
     def in_ds(self) -> str:
@@ -253,6 +162,8 @@ class Attempt:
     outcome: str  #: ``submitted``, ``refused`` or ``reactivated``
     detail: str | None
     at: str
+    platform: str | None = None  #: e.g. ``@el9`` (None in container mode)
+    container_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -379,14 +290,15 @@ class StateDB:
     def _upsert_submission(self, db: sqlite3.Connection, sub: Submission, stamp: str) -> None:
         db.execute(
             """INSERT INTO submissions (tag, backend, config_path, config_hash, user, sandbox,
-                   work_dir, store_dir, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   work_dir, store_dir, created_at, updated_at, sandbox_sha256)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (tag) DO UPDATE SET config_path = excluded.config_path,
                    config_hash = excluded.config_hash, sandbox = excluded.sandbox,
                    work_dir = excluded.work_dir, store_dir = excluded.store_dir,
-                   updated_at = excluded.updated_at""",
+                   updated_at = excluded.updated_at,
+                   sandbox_sha256 = COALESCE(excluded.sandbox_sha256, sandbox_sha256)""",
             (sub.tag, sub.backend, sub.config_path, sub.config_hash, sub.user, sub.sandbox,
-             sub.work_dir, sub.store_dir, stamp, stamp))
+             sub.work_dir, sub.store_dir, stamp, stamp, sub.sandbox_sha256))
 
     # ---------------------------------------------------------------------------------- tasks
     def tasks(self, tag: str) -> list[TaskRecord]:
@@ -403,13 +315,14 @@ class StateDB:
         transaction. The task row then describes this attempt (its outDS, task id)."""
         stamp = now()
         outputs = json.dumps([[o.file, o.container] for o in spec.outputs])
-        runtime = json.dumps(task_runtime(spec))
+        runtime = task_runtime(spec)
         with self.transaction() as db:
             self._upsert_submission(db, sub, stamp)
             db.execute(
                 """INSERT INTO tasks (tag, container, samples, out_ds, outputs, command, status,
-                       jedi_task_id, task_params, submitted_at, updated_at, attempt, runtime)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       jedi_task_id, task_params, submitted_at, updated_at, attempt, runtime,
+                       platform, container_image)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (tag, container) DO UPDATE SET samples = excluded.samples,
                        out_ds = excluded.out_ds, outputs = excluded.outputs,
                        command = excluded.command, status = excluded.status,
@@ -417,11 +330,12 @@ class StateDB:
                        n_files = NULL, n_files_finished = NULL, n_files_failed = NULL,
                        error_dialog = NULL, attempt = excluded.attempt,
                        task_params = excluded.task_params, runtime = excluded.runtime,
+                       platform = excluded.platform, container_image = excluded.container_image,
                        submitted_at = excluded.submitted_at, updated_at = excluded.updated_at""",
                 (sub.tag, spec.container, json.dumps(spec.samples), spec.out_ds, outputs,
                  spec.command, status, jedi_task_id,
                  json.dumps(params) if params is not None else None, stamp, stamp,
-                 spec.attempt, runtime))
+                 spec.attempt, json.dumps(runtime), runtime["platform"], runtime["image"]))
             self._attempt(db, sub, spec, jedi_task_id, "submitted", detail, stamp)
             row = db.execute("SELECT * FROM tasks WHERE tag = ? AND container = ?",
                              (sub.tag, spec.container)).fetchone()
@@ -442,15 +356,19 @@ class StateDB:
     def _attempt(db: sqlite3.Connection, sub: Submission, spec: TaskSpec,
                  jedi_task_id: int | None, outcome: str, detail: str | None,
                  stamp: str) -> None:
+        runtime = task_runtime(spec)
         db.execute(
             """INSERT INTO task_attempts (tag, container, attempt, out_ds, jedi_task_id,
-                   config_hash, runtime, outcome, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   config_hash, runtime, platform, container_image, outcome, detail, at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (tag, container, attempt) DO UPDATE SET out_ds = excluded.out_ds,
                    jedi_task_id = excluded.jedi_task_id, config_hash = excluded.config_hash,
-                   runtime = excluded.runtime, outcome = excluded.outcome,
+                   runtime = excluded.runtime, platform = excluded.platform,
+                   container_image = excluded.container_image, outcome = excluded.outcome,
                    detail = excluded.detail, at = excluded.at""",
             (sub.tag, spec.container, spec.attempt, spec.out_ds, jedi_task_id, sub.config_hash,
-             json.dumps(task_runtime(spec)), outcome, detail, stamp))
+             json.dumps(runtime), runtime["platform"], runtime["image"], outcome, detail,
+             stamp))
 
     def attempts(self, tag: str, container: str | None = None) -> list[Attempt]:
         """Every name the tag's containers (or one) were submitted under, oldest first."""
@@ -460,7 +378,8 @@ class StateDB:
             sql += " AND container = ?"
             args.append(container)
         return [Attempt(r["tag"], r["container"], r["attempt"], r["out_ds"], r["jedi_task_id"],
-                        r["config_hash"], r["outcome"], r["detail"], r["at"])
+                        r["config_hash"], r["outcome"], r["detail"], r["at"], r["platform"],
+                        r["container_image"])
                 for r in self._rows(sql + " ORDER BY container, attempt", args)]
 
     def next_attempts(self, tag: str) -> dict[str, int]:
@@ -652,7 +571,8 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         n_files_finished=row["n_files_finished"], n_files_failed=row["n_files_failed"],
         attempt=row["attempt"], submitted_at=row["submitted_at"], updated_at=row["updated_at"],
         runtime=json.loads(row["runtime"]) if row["runtime"] else None,
-        error_dialog=row["error_dialog"])
+        error_dialog=row["error_dialog"], platform=row["platform"],
+        container_image=row["container_image"])
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

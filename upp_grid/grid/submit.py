@@ -112,8 +112,7 @@ def build_sandbox(config: Config, out_dir: Path, *, env_dir: Path | None = None,
     env = env_dir or sandboxes.find_env_dir()
     runtime = (sandboxes.container_runtime(options.container_image) if options.container_image
                else sandboxes.venv_runtime(env, options.platform))
-    inputs = sandboxes.SandboxInputs(env, sandboxes.find_grid_dir(env),
-                                     Path(upp_grid.__file__).parent, config_yaml(config),
+    inputs = sandboxes.SandboxInputs(env, Path(upp_grid.__file__).parent, config_yaml(config),
                                      config.config_hash, runtime)
     if limit is not None:
         limit = min(limit, inputs.limit)
