@@ -23,7 +23,7 @@ from pathlib import Path
 import common
 
 BENCH = Path(__file__).resolve().parent
-BENCHES = ("split", "weights", "merge_norm", "run", "dryrun")
+BENCHES = ("split", "weights", "merge_norm", "run", "dryrun", "sandbox")
 SMOKE_BUDGET_S = 15.0
 
 

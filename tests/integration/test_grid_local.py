@@ -7,11 +7,14 @@ whose process dies with the submitting process is detected and rerun.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -171,3 +174,35 @@ def test_kill_stops_running_local_jobs(small):
     assert "aborted" in statuses and "running" not in statuses
     errors = {j["error"] for t in after.values() for j in t["jobs"] if j["state"] == "failed"}
     assert errors <= {"killed", "killed before it ran"} and errors
+
+
+def test_a_sandbox_replaced_after_submit_is_refused_and_never_run(small, tmp_path):
+    broken = input_files(small, TTBAR)[0]
+    content = broken.read_bytes()
+    broken.write_bytes(content[: len(content) // 2])  # a failed job, so retry has work
+    first = run_cli(["submit", "-c", small.config, "--tag", "t1", "--backend", "local",
+                     "--rucio-user", NICK], small.env)
+    assert first.returncode == 1
+    broken.write_bytes(content)
+    sandbox = small.sandbox("t1")
+    size = sandbox.stat().st_size
+    ran = tmp_path / "hostile-ran"
+    script = f"#!/bin/bash\ntouch {ran}\n".encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("grid/split.sh")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    replaced = buffer.getvalue()
+    sandbox.write_bytes(replaced + b"\0" * (size - len(replaced)))  # the same size
+    shutil.rmtree(small.base / "submission" / "t1" / "local" / "sandbox")  # must unpack again
+
+    retried = run_cli(["retry", "--state", small.state, "--tag", "t1"], small.env)
+
+    assert sandbox.stat().st_size == size
+    assert retried.returncode == 1
+    assert retried.stderr.startswith(f"upp-grid: error: {sandbox}: not the sandbox tag 't1' "
+                                     "was submitted with")
+    assert "replaced after submit; nothing was run" in retried.stderr
+    assert not ran.exists()
+    assert not (small.base / "submission" / "t1" / "local" / "sandbox").exists()
