@@ -6,6 +6,7 @@ server's environment; the tests read what the server received and what the state
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import socket
@@ -420,3 +421,24 @@ def test_a_venv_python_outside_cvmfs_is_refused_for_panda(fake, project):
     error = one_line_error(done)
     assert "is not under /cvmfs/" in error and "--lsetup" in error
     assert fake.requests_to("task/submit") == []
+
+
+def test_a_container_image_submission_is_code_only_and_recorded_with_its_image(fake, project):
+    image = "/cvmfs/unpacked.cern.ch/gitlab-registry.cern.ch/group/upp-grid:0.1.0"
+    done = cli(project, fake, "submit", "-c", project.config, "--tag", "t1",
+               "--container-image", image)
+
+    assert done.returncode == 0, done.stderr
+    (archive, uploaded), = fake.uploaded_files.items()
+    assert not archive.startswith("sources.")  # --noBuild: no build job
+    assert uploaded.stat().st_size < 10 * 2**20
+    for task_id in fake.task_ids:
+        params = fake.submitted_params(task_id)
+        assert params["container_name"] == image and not params.get("architecture")
+    with StateDB(project.state) as state:
+        tasks = state.tasks("t1")
+        attempts = state.attempts("t1")
+        sub = state.submission("t1")
+    assert [(t.container_image, t.platform) for t in tasks] == [(image, None)] * 2
+    assert [a.container_image for a in attempts] == [image] * 2
+    assert sub.sandbox_sha256 == hashlib.sha256(project.sandbox("t1").read_bytes()).hexdigest()
