@@ -20,7 +20,7 @@ RUNTIME_MODULES = ("numpy", "h5py", "hdf5plugin", "yaml", "ftag.cuts", "ftag.fla
 
 
 # hdf5plugin logs an error at import for each plugin the sandbox does not ship (the lossy
-# compressors, see upp_grid.grid.sandbox.PRUNED_HDF5_PLUGINS): expected, so not shown.
+# compressors, see upp_grid.grid.sandbox_members.PRUNED_HDF5_PLUGINS): expected, so not shown.
 _PRUNED_PLUGIN = re.compile(r"Cannot initialize filter (sz|sz3|sperr|zfp|fcidecomp|htj2k): "
                             r"File not found")
 
