@@ -85,10 +85,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def relabel_containers(ntuples: Path, label: str) -> None:
+    """Give the mock containers under ``ntuples`` names of their own (``…tdd.MockDump.25_2_56.
+    <label>.h5``): input containers registered in the shared rucio test server must not
+    collide between tests, as real datasets never do. The config's patterns still match."""
+    for folder in sorted(ntuples.glob("user.mock.*.mock_output.h5")):
+        folder.rename(folder.with_name(folder.name.replace(".mock_output.h5", f".{label}.h5")))
+
+
 def make_project(base: Path, *, jets: int = 4000, files: int = 4, seed: int = 7,
-                 env_dir: Path | None = None) -> Project:
-    """Mock containers (``files`` alternate between ttbar and Z') and the demo config."""
+                 env_dir: Path | None = None, label: str | None = None) -> Project:
+    """Mock containers (``files`` alternate between ttbar and Z', named with ``label`` if
+    given: :func:`relabel_containers`) and the demo config."""
     make_mock(base / "ntuples", num_jets=jets, num_files=files, seed=seed)
+    if label is not None:
+        relabel_containers(base / "ntuples", label)
     data = yaml.safe_load(bundled_config_text())
     data["global"]["base_dir"] = str(base)
     config = base / "config.yaml"

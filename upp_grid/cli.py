@@ -373,6 +373,29 @@ def kill_cmd(config_path: Path | None, state: Path | None, tag: str) -> None:
         raise UppGridError(report.problem or "a kill was refused")
 
 
+@cli.command("replicate")
+@_state_options
+@click.option("--tag", required=True, help="The submission tag.")
+@click.option("--rse", required=True, help="Where to keep the outputs (an RSE or expression).")
+@click.option("--lifetime", "lifetime_days", default=None, type=click.FloatRange(min=0.01),
+              help="Days the rule keeps them (default: no expiry).")
+@click.option("--rucio-user", default=None,
+              help="Grid nickname, when the tag is not in the state DB (default: RUCIO_ACCOUNT).")
+def replicate_cmd(config_path: Path | None, state: Path | None, tag: str, rse: str,
+                  lifetime_days: float | None, rucio_user: str | None) -> None:
+    """Keep a tag's grid outputs beyond the 14-day scratch lifetime: one rucio replication
+    rule per output container, recorded in the state DB."""
+    from upp_grid.grid.control import replicate
+
+    report = replicate(state, config_path, tag, rse, lifetime_days, rucio_user)
+    for rule in report.rules:
+        what = "rule" if rule.created else "rule existed"
+        click.echo(f"{rule.container}: {what} {rule.rule_id} to {rule.rse}")
+    life = f"for {lifetime_days:g} days" if lifetime_days else "with no expiry"
+    click.echo(f"{len(report.rules)} output container(s) of tag '{tag}' kept on {rse} {life} "
+               "(transfers run in rucio: `rucio rule-info <id>` follows one)")
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("upp-grid-demo"), show_default=True,

@@ -13,7 +13,8 @@ test server under those names (the rucio client must be configured in this proce
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def task_dataset(container: str, task_id: int) -> str:
     return f"{container}.{task_id}"
 
 
+#: JEDI's rule lifetime for outputs on a SCRATCHDISK (pandajedi/jediddm/AtlasDDMClient.py)
+SCRATCH_LIFETIME_S = 14 * 86400
+
+
 @dataclass(frozen=True)
 class GridFile:
     """One job output as the grid stores it: the local file, its LFN and output container."""
@@ -79,8 +84,9 @@ def upload_grid_files(rse: str, scope: str, task_id: int, files: Sequence[GridFi
     from rucio.client.didclient import DIDClient
     from rucio.client.uploadclient import UploadClient
 
+    # the per-task dataset gets a rule with JEDI's 14-day scratch lifetime, as on the grid
     items = [{"path": str(f.path), "rse": rse, "did_scope": scope, "did_name": f.lfn,
-              "dataset_scope": scope,
+              "dataset_scope": scope, "lifetime": SCRATCH_LIFETIME_S,
               "dataset_name": task_dataset(f.container.rstrip("/"), task_id)} for f in files]
     if items:
         assert UploadClient().upload(items) == 0
@@ -95,10 +101,12 @@ def upload_grid_files(rse: str, scope: str, task_id: int, files: Sequence[GridFi
 
 def upload_task_outputs(rse: str, spec: TaskSpec, task_id: int, jobs: Sequence[JobOutputs],
                         skip: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """Upload the jobs' outputs under grid names; returns the LFNs.
+    """Upload the jobs' outputs under grid names, with the task's input container registered
+    as the grid has it (every file of ``spec.files``); returns the LFNs.
 
     ``skip``: ``(serial, output file)`` pairs not to upload (a job output that never arrived).
     """
+    register_inputs(rse, spec.container, [p.name for p in spec.files])
     files = [GridFile(job.directory / output.file,
                       grid_lfn(spec.user, task_id, job.serial, output.file), output.container)
              for job in jobs for output in spec.outputs if (job.serial, output.file) not in skip]
@@ -115,3 +123,61 @@ def publish_task_outputs(store: LocalStore, spec: TaskSpec, task_id: int,
             copy.write_bytes((job.directory / output.file).read_bytes())
             store.publish(copy, spec.scope, output.container,
                           grid_lfn(spec.user, task_id, job.serial, output.file))
+
+
+def register_grid_files(rse: str, scope: str, dataset: str, container: str,
+                        files: Sequence[tuple[str, bytes]],
+                        pfn_path: Callable[[str, str], Path] | None = None) -> None:
+    """Many files at once, as the grid's stage-out leaves them (the rucio client of this
+    process must point at the test server): each written to ``rse`` at its PFN
+    (``pfn_path(scope, name)``; None: a catalogue entry only, as for input files read
+    elsewhere), one ``add_replicas`` call per 500 files, a dataset with JEDI's 14-day scratch
+    rule, attached to ``container`` (created if needed)."""
+    import zlib
+
+    from rucio.client.didclient import DIDClient
+    from rucio.client.replicaclient import ReplicaClient
+    from rucio.client.scopeclient import ScopeClient
+    from rucio.common.exception import DataIdentifierAlreadyExists, Duplicate
+
+    scopes = ScopeClient()
+    with contextlib.suppress(Duplicate):
+        scopes.add_scope(scopes.account, scope)
+    replicas = []
+    for name, data in files:
+        if pfn_path is not None:
+            path = pfn_path(scope, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        replicas.append({"scope": scope, "name": name, "bytes": len(data),
+                         "adler32": f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"})
+    dids = DIDClient()
+    for start in range(0, len(replicas), 500):
+        ReplicaClient().add_replicas(rse, replicas[start:start + 500])
+    dids.add_dataset(scope, dataset, rules=[{"account": scopes.account, "copies": 1,
+                                             "rse_expression": rse,
+                                             "lifetime": SCRATCH_LIFETIME_S}])
+    for start in range(0, len(replicas), 500):
+        dids.attach_dids(scope, dataset, [{"scope": scope, "name": r["name"]}
+                                          for r in replicas[start:start + 500]])
+    with contextlib.suppress(DataIdentifierAlreadyExists):
+        dids.add_container(scope, container)
+    dids.attach_dids(scope, container, [{"scope": scope, "name": dataset}])
+
+
+def register_inputs(rse: str, in_ds: str, names: Sequence[str]) -> None:
+    """An input container as rucio lists it (one dataset of ``names``, catalogue entries only:
+    the jobs read the files elsewhere); nothing if it is registered already."""
+    from rucio.client.didclient import DIDClient
+    from rucio.common.exception import DataIdentifierNotFound, ScopeNotFound
+
+    from upp_grid.grid.names import scope_of
+
+    scope = scope_of(in_ds)
+    try:
+        list(DIDClient().list_files(scope, in_ds))
+        return
+    except (DataIdentifierNotFound, ScopeNotFound):
+        pass
+    register_grid_files(rse, scope, f"{in_ds.rstrip('/')}_tid01_00", in_ds,
+                        [(n, n.encode()) for n in names])

@@ -21,6 +21,7 @@ import h5py
 import hdf5plugin  # noqa: F401 - split outputs are Blosc-compressed
 import numpy as np
 import pytest
+import yaml
 
 from tests.download_support import (
     FLAVOURS,
@@ -38,7 +39,7 @@ from tests.fakes.grid_outputs import (
     split_task,
     upload_task_outputs,
 )
-from tests.grid_support import clean_env, run_cli
+from tests.grid_support import clean_env, relabel_containers, run_cli
 from upp_grid.config import Config, load_config
 from upp_grid.grid import backend as states
 from upp_grid.grid.state import StateDB, Submission
@@ -115,6 +116,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 mock input files: 2 in the ttbar container, 1 in the Z' container."""
     ntuples = tmp_path_factory.mktemp("ntuples")
     make_mock(ntuples, num_jets=3_000, num_files=3, seed=11)
+    relabel_containers(ntuples, "download")  # input containers of their own in rucio
     return ntuples
 
 
@@ -350,8 +352,33 @@ def test_inputs_without_outputs_block_prepare_unless_allowed(rucio_server, rucio
 
     assert allowed.returncode == 0, allowed.stderr
     assert "fetched and verified now: 0 files" in allowed.stdout
-    assert "WARNING inputs without outputs" in allowed.stdout
+    assert f"WARNING left out (--allow-partial): {task.spec.container}: input {missing}" in (
+        allowed.stdout)
+    left_out = yaml.safe_load((config.global_.components_dir / "left-out-partial.yaml")
+                              .read_text())
+    assert left_out == {"tag": "partial", "left_out": [
+        f"{task.spec.container}: input {missing} has no output (task 3004 of "
+        f"{task.spec.container} (partial, 1/2 files done, 1 failed))"]}
     assert catalogue_counts(config_path) == _jets_in(config, task.jobs[0])
+
+
+def test_a_missing_input_is_named_from_rucio_without_a_state_db(rucio_server,
+                                                                 rucio_client_config, cli,
+                                                                 inputs, grid_jobs, tmp_path):
+    config_path = write_config(tmp_path / "grid", inputs, TTBAR)
+    config = load_config(config_path)
+    ttbar = next(t for t in grid_jobs if "ttbar" in t.spec.samples)
+    (task,) = retag(config, [ttbar], "nostate")
+    upload_task_outputs(rucio_server.rse, task.spec, 3006, task.jobs[1:])  # job 1 lost
+
+    done = cli("download", "-c", config_path, "--tag", "nostate", "--prepare-only",
+               "--rucio-user", USER)
+
+    assert done.returncode == 1
+    missing = task.jobs[0].input.name
+    assert (f"upp-grid: error: incomplete outputs: {task.spec.container}: input {missing} "
+            "has no output;") in done.stderr
+    assert not (config.global_.components_dir / "organised-components.yaml").exists()
 
 
 def test_an_input_covered_by_two_jobs_is_an_error_naming_it(rucio_server, rucio_client_config,

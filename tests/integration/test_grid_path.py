@@ -34,7 +34,7 @@ from tests.download_support import (
     ledger,
     write_config,
 )
-from tests.fakes.grid_outputs import GridFile, upload_grid_files
+from tests.fakes.grid_outputs import GridFile, register_inputs, upload_grid_files
 from tests.fakes.panda_server import FakePanda
 from tests.grid_support import make_project, run_cli
 from upp_grid.grid import sandbox as sandboxes
@@ -84,6 +84,7 @@ class GridSite:
                  for k in range(1, len(jobs) + 1)
                  for name, (template, container) in outputs.items()]
         scope = scope_of(next(iter(outputs.values()))[0])
+        register_inputs(self.rse, params["dsForIN"], [p.name for p in inputs])  # the inDS
         upload_grid_files(self.rse, scope, task_id, files, [c for _, c in outputs.values()])
         assert self.fake is not None
         self.fake.set_task_status(task_id, "done", nfiles=len(inputs),
@@ -126,7 +127,7 @@ def output_templates(params: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 def test_submit_status_download_gives_the_training_files_of_a_local_run(
         rucio_server, rucio_client_config, tmp_path):
-    project = make_project(tmp_path / "grid", jets=3000, files=5, seed=5)
+    project = make_project(tmp_path / "grid", jets=3000, files=5, seed=5, label="grid_path")
     ntuples = project.base / "ntuples"
     config = write_config(project.base, ntuples)  # the demo config, two flavours
     site = GridSite(rucio_server.rse, ntuples, tmp_path / "site")

@@ -51,6 +51,8 @@ DEFAULT_SCOPE = "user.upptest"
 #: Name ends in SCRATCHDISK: rucio's generic permission policy lets non-admin accounts add
 #: replicas on *SCRATCHDISK RSEs (as ATLAS users do on the grid).
 DEFAULT_RSE = "UPPTEST_SCRATCHDISK"
+#: a second, non-scratch RSE: where `upp-grid replicate` keeps outputs
+KEEP_RSE = "UPPTEST_LOCALGROUPDISK"
 ACCOUNT_LIMIT_BYTES = 10 * 1024**3
 
 
@@ -173,8 +175,10 @@ class RucioTestServer:
     ``url``                 http://127.0.0.1:<port>
     ``client_config_path``  a ``[client]`` rucio.cfg for ``RUCIO_CONFIG`` (userpass as ``account``)
     ``rse`` / ``rse_dir``   the posix RSE name and the directory holding its files
+    ``keep_rse``            a second posix RSE that is not a scratch disk (``keep_rse_dir``)
     ``scope`` / ``account`` the user scope and the account that owns it
-    ``log_path``            the server's stdout/stderr
+    ``log_path``            the server's stdout/stderr, with one werkzeug line per request
+                            (:meth:`rest_calls` reads them)
     """
 
     def __init__(self, *, account: str = DEFAULT_ACCOUNT, scope: str = DEFAULT_SCOPE,
@@ -191,6 +195,8 @@ class RucioTestServer:
         self.client_config_path: Path | None = None
         self.server_config_path: Path | None = None
         self.rse_dir: Path | None = None
+        self.keep_rse = KEEP_RSE
+        self.keep_rse_dir: Path | None = None
         self.log_path: Path | None = None
         self.password = secrets.token_hex(12)  # throw-away credential for this server only
         self._root_password = secrets.token_hex(12)
@@ -223,6 +229,8 @@ class RucioTestServer:
             self.workdir.mkdir(parents=True, exist_ok=True)
         self.rse_dir = self.workdir / "rse"
         self.rse_dir.mkdir()
+        self.keep_rse_dir = self.workdir / "rse-keep"
+        self.keep_rse_dir.mkdir()
         (self.workdir / "log").mkdir()
         self.server_config_path = self.workdir / "server" / "rucio.cfg"
         self.server_config_path.parent.mkdir()
@@ -231,6 +239,7 @@ class RucioTestServer:
         bootstrap = {
             "account": self.account, "password": self.password, "scope": self.scope,
             "rse": self.rse, "rse_dir": str(self.rse_dir), "limit": ACCOUNT_LIMIT_BYTES,
+            "keep_rse": self.keep_rse, "keep_rse_dir": str(self.keep_rse_dir),
         }
         bootstrap_file = self.workdir / "server" / "bootstrap.json"
         bootstrap_file.write_text(json.dumps(bootstrap))
@@ -376,6 +385,16 @@ trace_host = {self.url}
         return {"RUCIO_CONFIG": str(self.client_config_path), "RUCIO_ACCOUNT": self.account,
                 "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
+    # -- requests --------------------------------------------------------------------------
+
+    def rest_calls(self) -> list[str]:
+        """Every request the server answered so far, ``"GET /path"``, from its log (werkzeug
+        writes one line per request, flushed line by line)."""
+        import re
+
+        text = self.log_path.read_text(errors="replace") if self.log_path else ""
+        return re.findall(r'"(?:\x1b\[[0-9;]*m)?((?:GET|POST|PUT|DELETE|HEAD) \S+) HTTP', text)
+
     # -- replicas on disk ------------------------------------------------------------------
 
     def pfn_path(self, scope: str, name: str) -> Path:
@@ -466,20 +485,21 @@ def _server_main(bootstrap_file: str, port_file: str,
     # UploadClient does after copying (PUT /replicas); ATLAS's policy allows it on SCRATCHDISK.
     gw_account.add_account_attribute("admin", "True", acc, issuer=root)
     gw_scope.add_scope(cfg["scope"], acc, issuer=root)
-    gw_rse.add_rse(rse, issuer=root, deterministic=True, volatile=False, rse_type="DISK")
-    gw_rse.add_protocol(rse, issuer=root, data={
-        "scheme": "file", "hostname": "localhost", "port": 0,
-        "prefix": cfg["rse_dir"].rstrip("/") + "/",
-        "impl": "rucio.rse.protocols.posix.Default",
-        "domains": {"lan": {"read": 1, "write": 1, "delete": 1},
-                    "wan": {"read": 1, "write": 1, "delete": 1,
-                            "third_party_copy_read": 1, "third_party_copy_write": 1}}})
-    for key, value in (("istape", False), ("lfn2pfn_algorithm", "hash"),
-                       ("verify_checksum", True), ("skip_upload_stat", False)):
-        gw_rse.add_rse_attribute(rse, key, value, issuer=root)
-    gw_rse.update_rse(rse, {"availability_read": True, "availability_write": True,
-                            "availability_delete": True}, issuer=root)
-    gw_limit.set_local_account_limit(acc, rse, int(cfg["limit"]), issuer=root)
+    for name, rse_dir in ((rse, cfg["rse_dir"]), (cfg["keep_rse"], cfg["keep_rse_dir"])):
+        gw_rse.add_rse(name, issuer=root, deterministic=True, volatile=False, rse_type="DISK")
+        gw_rse.add_protocol(name, issuer=root, data={
+            "scheme": "file", "hostname": "localhost", "port": 0,
+            "prefix": rse_dir.rstrip("/") + "/",
+            "impl": "rucio.rse.protocols.posix.Default",
+            "domains": {"lan": {"read": 1, "write": 1, "delete": 1},
+                        "wan": {"read": 1, "write": 1, "delete": 1,
+                                "third_party_copy_read": 1, "third_party_copy_write": 1}}})
+        for key, value in (("istape", False), ("lfn2pfn_algorithm", "hash"),
+                           ("verify_checksum", True), ("skip_upload_stat", False)):
+            gw_rse.add_rse_attribute(name, key, value, issuer=root)
+        gw_rse.update_rse(name, {"availability_read": True, "availability_write": True,
+                                 "availability_delete": True}, issuer=root)
+        gw_limit.set_local_account_limit(acc, name, int(cfg["limit"]), issuer=root)
     print(f"[upp-grid] DB built and bootstrapped in {time.monotonic() - t0:.2f} s", flush=True)
 
     from rucio.web.rest.flaskapi.v1.main import application

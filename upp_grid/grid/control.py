@@ -1,7 +1,12 @@
-"""``upp-grid status / retry / kill``: the tags in a state DB, through their own backend.
+"""``upp-grid status / retry / kill / replicate``: the tags in a state DB, through their own
+backend.
 
 ``status`` refreshes every task from its backend first. If a backend cannot be asked (no
 credentials, server unreachable), the last recorded state is shown with a warning instead.
+For a PanDA tag with finished tasks it also asks rucio where the outputs are, and warns when
+they are only on scratch disks with no rule keeping them, with their expiry
+(:mod:`upp_grid.grid.output_lifetime`). ``replicate`` puts a replication rule on every output
+container of a tag and records it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.backend import FailedJob, RetryParams, TaskAction, open_backend
+from upp_grid.grid.backend import (
+    DONE,
+    PARTIAL,
+    FailedJob,
+    RetryParams,
+    TaskAction,
+    open_backend,
+)
+from upp_grid.grid.output_lifetime import RuleResult
 from upp_grid.grid.state import (
     JobRecord,
     StateDB,
@@ -132,6 +145,7 @@ def status(path: Path, tag: str | None = None, failed: bool = False) -> StatusRe
                 report.warnings.append(f"tag '{sub.tag}': showing the last known state: {err}")
                 report.tags.append(_report(state, sub, state.tasks(sub.tag), refreshed=False))
                 continue
+            report.warnings += _lifetime_warnings(state, sub, tasks)
             if failed:
                 try:
                     report.failed_jobs += backend.failed_jobs(sub)
@@ -139,6 +153,76 @@ def status(path: Path, tag: str | None = None, failed: bool = False) -> StatusRe
                     report.warnings.append(f"tag '{sub.tag}': cannot list the failed jobs: "
                                            f"{err}")
     return report
+
+
+def _lifetime_warnings(state: StateDB, sub: Submission, tasks: list[TaskRecord]) -> list[str]:
+    """Scratch-only outputs of a PanDA tag's finished tasks (nothing to say for the local
+    backend, or before any task finished)."""
+    if sub.backend != "panda" or not any(t.status in (DONE, PARTIAL) for t in tasks):
+        return []
+    from upp_grid.grid.output_lifetime import tag_lifetime_warnings
+    from upp_grid.grid.outputs import TagOutputs, TaskOutputs
+    from upp_grid.grid.rucio import RucioSource
+
+    finished = tuple(TaskOutputs(t.container, t.samples, t.out_ds, t.outputs, t)
+                     for t in tasks if t.status in (DONE, PARTIAL))
+    try:
+        source = RucioSource()
+        return [f"tag '{sub.tag}': {line}" for line in tag_lifetime_warnings(
+            TagOutputs(sub.tag, sub.user, finished, sub, state.path), source, state)]
+    except UppGridError as err:
+        return [f"tag '{sub.tag}': where the outputs are and how long they live was not "
+                f"checked ({err})"]
+
+
+@dataclass(frozen=True)
+class ReplicateReport:
+    """What ``replicate`` did: one rule per output container."""
+
+    tag: str
+    rse: str
+    rules: list[RuleResult]
+
+
+def replicate(path: Path | None, config_path: Path | None, tag: str, rse: str,
+              lifetime_days: float | None, user: str | None = None) -> ReplicateReport:
+    """A replication rule to ``rse`` for every output container of ``tag`` (from the state
+    DB; without it, the names derived from the config, the tag and the user), recorded in the
+    state DB.
+
+    Raises
+    ------
+    UppGridError
+        No state and no config, a container that does not exist, or rucio refusing the rule.
+    """
+    from upp_grid.grid.output_lifetime import replicate as make_rules
+    from upp_grid.grid.rucio import RucioSource
+
+    state_file = state_path(config_path, path)
+    with StateDB(state_file, create=config_path is not None) as state:
+        targets = _output_containers(state, config_path, tag, user)
+        source = RucioSource()
+        rules = make_rules(source, targets, rse, lifetime_days, f"upp-grid replicate {tag}")
+        for rule in rules:
+            state.record_rule(tag, rule.container, rse, rule.rule_id, lifetime_days,
+                              rule.created)
+    return ReplicateReport(tag, rse, rules)
+
+
+def _output_containers(state: StateDB, config_path: Path | None, tag: str,
+                       user: str | None) -> list[tuple[str, str]]:
+    """``(scope, container)`` of every output container of the tag."""
+    if state.submission(tag) is None and config_path is None:
+        _submissions(state, tag)  # the error naming the known tags
+    if state.submission(tag) is not None:
+        tasks = state.tasks(tag)
+        return [(t.scope, o.container) for t in tasks for o in t.outputs]
+    from upp_grid.config import load_config
+    from upp_grid.grid.outputs import find_outputs
+
+    assert config_path is not None
+    outputs = find_outputs(load_config(config_path), tag, state, user, refresh=False)
+    return [(t.scope, o.container) for t in outputs.tasks for o in t.outputs]
 
 
 def retry(path: Path, tag: str, workers: int | None = None,

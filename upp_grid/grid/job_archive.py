@@ -279,14 +279,3 @@ def coverage(inputs: Iterable[str], jobs: Sequence[tuple[str, Provenance]]) -> C
             twice.append((name, tuple(sorted(j for j, _, _ in parts))))
     return Coverage(tuple(sorted(expected - set(by_input))), tuple(twice),
                     tuple(sorted(set(by_input) - expected)))
-
-
-def check_unique_inputs(jobs: Sequence[tuple[str, Provenance]]) -> None:
-    """An input covered by two jobs is an error naming the input and both jobs."""
-    cov = coverage((), jobs)
-    if cov.twice:
-        name, where = cov.twice[0]
-        raise BookkeepingError(f"input {name} is covered by {len(where)} job outputs "
-                               f"({', '.join(where)}): PanDA ran it twice; remove all but one "
-                               "of them (or download with --allow-partial after removing "
-                               "them) so no jet is counted twice")

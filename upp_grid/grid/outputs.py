@@ -7,8 +7,10 @@
 * :func:`list_outputs`: every output container listed from the source, each file mapped to its
   place in the layout (:mod:`upp_grid.grid.download_records`); missing containers are one error that
   names them all with the reason the state DB gives.
+* :func:`input_files`: the files of each input container, from rucio (``list_files`` on the
+  inDS), so completeness is checked without the state DB.
 * :func:`find_incomplete`: from the provenance of the unpacked job outputs, inputs covered by
-  two jobs (an error naming the input) and inputs without outputs, one line each.
+  two jobs (an error naming every one) and inputs without outputs, one line each.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upp_grid.config import Config
-from upp_grid.errors import UppGridError
+from upp_grid.errors import BookkeepingError, UppGridError
 from upp_grid.grid import names
 from upp_grid.grid.backend import (
     ABORTED,
@@ -33,7 +35,7 @@ from upp_grid.grid.backend import (
     open_backend,
 )
 from upp_grid.grid.download_records import DownloadError, Wanted, job_dir, more_listed, parse_lfn
-from upp_grid.grid.job_archive import check_unique_inputs, unpacked
+from upp_grid.grid.job_archive import coverage, unpacked
 from upp_grid.grid.rucio import RemoteFile
 from upp_grid.grid.sources import Source
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
@@ -225,20 +227,43 @@ def _check_unique_dest(wanted: Sequence[Wanted]) -> None:
 
 
 # --------------------------------------------------------------------------- what is missing
-def find_incomplete(tag: TagOutputs, wanted: Sequence[Wanted], config: Config | None = None
-                    ) -> list[str]:
-    """Inputs without outputs, one line each; empty when every input is covered.
+def input_files(tag: TagOutputs, source: Source | None, state: StateDB) -> dict[str, set[str]]:
+    """The file names of every input container: listed from rucio (``DIDClient.list_files``
+    on the inDS, recorded in the state DB), else a list recorded before, else the local
+    backend's jobs. An input container with none of these is missing from the result."""
+    out: dict[str, set[str]] = {}
+    lister = getattr(source, "list_names", None)
+    for task in tag.tasks:
+        found = None if lister is None else lister(names.scope_of(task.in_ds), task.in_ds)
+        if found is not None:
+            listed = {Path(f.name).name for f in found[1]}
+            state.record_input_files(tag.tag, task.in_ds, listed)
+            out[task.in_ds] = listed
+            continue
+        recorded = state.input_files(tag.tag, task.in_ds)
+        if recorded is None and task.jobs:
+            recorded = {Path(p).name for j in task.jobs for p in j.input.split(",")}
+        if recorded is not None:
+            out[task.in_ds] = recorded
+    return out
 
-    Coverage comes from the provenance of the unpacked job outputs. The inputs a task should
-    have covered are its local jobs' inputs (local backend), else the container's files under
-    ``ntuple_dir`` when present, else the task's file count from PanDA.
+
+def find_incomplete(tag: TagOutputs, wanted: Sequence[Wanted],
+                    inputs: dict[str, set[str]]) -> list[str]:
+    """Inputs not covered by exactly one job output, one line each, by name; empty when every
+    input file of every input container is covered once.
+
+    Coverage comes from the provenance of the unpacked job outputs, the inputs from
+    :func:`input_files`. An input container whose files are unknown is one line too: nothing
+    is taken as complete without a list to check against.
 
     Raises
     ------
     BookkeepingError
-        An input covered by two job outputs (PanDA ran it twice), naming the input.
+        Inputs covered by two job outputs (PanDA ran a job twice), every one named.
     """
     problems: list[str] = []
+    twice: list[str] = []
     for task in tag.tasks:
         jobs = []
         for w in wanted:
@@ -248,63 +273,54 @@ def find_incomplete(tag: TagOutputs, wanted: Sequence[Wanted], config: Config | 
             if found is None:
                 raise DownloadError(f"{w.dest}: not unpacked from {w.did}; rerun the download")
             jobs.append((f"{task.out_ds} job {w.serial}", found[1]))
-        check_unique_inputs(jobs)
-        covered = {Path(i.name).name for _, p in jobs for i in p.inputs}
-        expected = _expected_inputs(task, config)
-        if expected is not None:
-            missing = sorted(expected - covered)
-            problems += [f"{task.in_ds}: input {name} has no output{_job_reason(task, name)}"
-                         for name in missing]
+        expected = inputs.get(task.in_ds)
+        cov = coverage(expected or (), jobs)
+        twice += [f"{task.in_ds}: input {name} is covered by {len(where)} job outputs "
+                  f"({', '.join(where)})" for name, where in cov.twice]
+        if expected is None:
+            problems.append(f"{task.in_ds}: its file list is unknown (not in rucio, and no "
+                            f"local jobs): cannot check that its {len(jobs)} job outputs cover "
+                            "every input")
             continue
-        problems += _count_check(task, len(covered))
+        problems += [f"{task.in_ds}: input {name} has no output{_job_reason(task, name)}"
+                     for name in cov.missing]
+        problems += [f"{task.in_ds}: job outputs hold {name}, which is not a file of the input "
+                     "container" for name in cov.unknown]
+    if twice:
+        for line in twice:
+            log.error("%s", line)
+        raise BookkeepingError(f"{twice[0]}{more_listed(len(twice))}: PanDA ran a job twice; "
+                               "remove all but one of those outputs from the container, then "
+                               "download again, so no jet is counted twice")
     return problems
-
-
-def _expected_inputs(task: TaskOutputs, config: Config | None) -> set[str] | None:
-    if task.jobs:
-        return {Path(p).name for j in task.jobs for p in j.input.split(",")}
-    if config is not None:
-        from upp_grid.grid.tasks import resolve_container
-        from upp_grid.inputs import container_files
-
-        names_ = set()
-        ntuples = config.global_.ntuple_dir
-        for sample in config.samples:
-            if sample.name not in task.samples or not ntuples.is_dir():
-                continue
-            for pattern in sample.patterns:
-                try:
-                    container = resolve_container(ntuples, pattern, sample.name)
-                except UppGridError:
-                    continue
-                if container == task.in_ds:
-                    names_.update(p.name for p in container_files(ntuples, pattern))
-        if names_:
-            return names_
-    return None
 
 
 def _job_reason(task: TaskOutputs, name: str) -> str:
     for j in task.jobs:
         if name in {Path(p).name for p in j.input.split(",")}:
             return f" (job {j.index} {j.state}{': ' + j.error if j.error else ''})"
+    r = task.record
+    if r is not None and r.status not in (DONE,):
+        return f" ({task.describe()})"
     return ""
 
 
-def _count_check(task: TaskOutputs, covered: int) -> list[str]:
-    """Without a list of the inputs: what the state DB's counts say."""
-    r = task.record
-    if r is None:
-        log.warning("%s: no state and no local input files: cannot tell whether every input "
-                    "produced outputs (%d inputs did)", task.in_ds, covered)
-        return []
-    if r.status in (SUBMITTED, RUNNING):
-        return [f"{task.describe()}: not finished, {covered} inputs have outputs so far"]
-    if r.n_files is not None:
-        lost = r.n_files - covered
-        if lost > 0:
-            return [f"{task.describe()}: {lost} of {r.n_files} input files have no outputs"]
-        return []
-    if r.status != DONE:
-        return [f"{task.describe()}: not every input produced outputs"]
-    return []
+LEFT_OUT_NAME = "left-out-{tag}.yaml"
+
+
+def record_left_out(state: StateDB, components_dir: Path, tag: str,
+                    incomplete: Sequence[str]) -> Path | None:
+    """With ``--allow-partial``: what was left out, in ``<components_dir>/left-out-<tag>.yaml``
+    (written atomically; removed when nothing is) and as an event in the state DB."""
+    path = components_dir / LEFT_OUT_NAME.format(tag=tag)
+    if not incomplete:
+        path.unlink(missing_ok=True)
+        return None
+    import yaml
+
+    from upp_grid.fsutil import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump({"tag": tag, "left_out": list(incomplete)},
+                                           sort_keys=False))
+    state.add_event(tag, None, "partial", f"{len(incomplete)} left out: {incomplete[0]}")
+    return path

@@ -1,15 +1,22 @@
-"""rucio transfer: list a dataset's files with sizes and adler32, fetch them, verify them.
+"""rucio transfer: list a container's files with sizes, adler32 and replicas, fetch them.
 
-Only the Python API of rucio-clients is used (DESIGN.md §6):
+Only the Python API of rucio-clients is used (DESIGN.md §6), and the REST calls grow with
+containers, not files (measured on the local rucio test server, see the download tests):
 
-* :meth:`RucioSource.list_files` calls ``DIDClient.list_files`` on a dataset or a container
-  (rucio resolves containers to their files). A name that does not exist gives ``None``; ATLAS
-  containers end in ``/``, so the other spelling (with or without the slash) is tried too.
-* :meth:`RucioSource.fetch` calls ``DownloadClient.download_dids`` for a batch of file DIDs, into
-  one flat staging directory (``no_subdir``), with ``ignore_checksum`` set: the caller verifies
-  the size and adler32 of every file itself (:func:`verify_file`), so each file is hashed once,
-  and a checksum mismatch can be told apart from an unreadable replica. Per-file outcomes come
-  back as a :class:`FetchOutcome`; nothing is raised for one bad file.
+* :meth:`RucioSource.list_files` lists a dataset or container with ``DIDClient.list_files``
+  (every file with its size and adler32; a name that does not exist gives ``None``; ATLAS
+  containers end in ``/``, so the other spelling is tried too), then its replicas with one
+  ``ReplicaClient.list_replicas`` call (every file's PFNs and RSEs): two calls per container.
+* :meth:`RucioSource.fetch` downloads by PFN (``DownloadClient.download_pfns``): no DID is
+  resolved again, so a batch costs one ``list_scopes`` call (and the RSE's info, cached for the
+  process) however many files it holds. Files go into one flat staging directory
+  (``no_subdir``) without rucio's checksum check: the caller verifies the size and adler32 of
+  every file itself (:func:`verify_file`), so each file is hashed once, and a checksum mismatch
+  can be told apart from an unreadable replica. A file fetched again after a failure is read
+  from its next replica. Per-file outcomes come back as :class:`FetchOutcome`.
+* rucio caps one ``DownloadClient`` at 5 threads (``nlimit = 5`` in ``_download_multithreaded``);
+  ``threads`` above that run ``ceil(threads / 5)`` clients side by side, each with its share of
+  the batch. Clients are made once per source and reused.
 
 The client needs a ``[client]`` rucio.cfg: ``$RUCIO_CONFIG``, else ``rucio.cfg`` in
 ``$RUCIO_HOME/etc``, ``$VIRTUAL_ENV/etc``, ``$CONDA_PREFIX/etc`` or ``/opt/rucio/etc`` (rucio's
@@ -39,6 +46,8 @@ client_log = logging.getLogger(__name__ + ".client")
 TRANSFER_TIMEOUT = 3600
 #: rucio ``clientState`` values that mean the file is in the staging directory.
 FETCHED_STATES = ("DONE", "ALREADY_DONE")
+#: threads of one DownloadClient at most (rucio's ``nlimit`` in ``_download_multithreaded``)
+CLIENT_THREADS = 5
 _REQUIRED_CLIENT_KEYS = ("rucio_host", "auth_host", "auth_type")
 
 
@@ -66,6 +75,14 @@ class RemoteFile:
     @property
     def did(self) -> str:
         return f"{self.scope}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where a file can be read: a PFN on an RSE."""
+
+    rse: str
+    pfn: str
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,7 @@ def _translate(err: Exception, what: str) -> RucioError:
 
 
 class RucioSource:
-    """Files of rucio datasets/containers: list with checksums, fetch into a directory.
+    """Files of rucio datasets/containers: list with checksums and replicas, fetch by PFN.
 
     Parameters
     ----------
@@ -214,19 +231,36 @@ class RucioSource:
         clean_cached_config()
         self.transfer_timeout = transfer_timeout
         self._dids: Any = None
+        self._replica_client: Any = None
+        self._rules: Any = None
+        self._downloaders: list[Any] = []
+        self.replicas: dict[str, tuple[Replica, ...]] = {}  #: DID -> replicas, from listing
+        self._tries: dict[str, int] = {}  #: DID -> fetches so far (the next one: next replica)
 
-    def _did_client(self) -> Any:
-        if self._dids is None:
-            from rucio.client.didclient import DIDClient
+    def _client(self, attr: str, module: str, name: str) -> Any:
+        if getattr(self, attr) is None:
+            import importlib
 
             try:
-                self._dids = DIDClient()
+                setattr(self, attr, getattr(importlib.import_module(module), name)())
             except Exception as err:  # rucio raises many kinds: one line out
                 raise _translate(err, f"rucio ({self.config_path})") from None
-        return self._dids
+        return getattr(self, attr)
+
+    def did_client(self) -> Any:
+        """The process's ``DIDClient`` (made once)."""
+        return self._client("_dids", "rucio.client.didclient", "DIDClient")
+
+    def _replica_client_(self) -> Any:
+        return self._client("_replica_client", "rucio.client.replicaclient", "ReplicaClient")
+
+    def rule_client(self) -> Any:
+        """The process's ``RuleClient`` (made once)."""
+        return self._client("_rules", "rucio.client.ruleclient", "RuleClient")
 
     def list_files(self, scope: str, name: str) -> list[RemoteFile] | None:
-        """Every file of the dataset or container ``scope:name``; ``None`` if it does not exist.
+        """Every file of the dataset or container ``scope:name`` (its replicas remembered for
+        :meth:`fetch`); ``None`` if it does not exist.
 
         Raises
         ------
@@ -234,9 +268,18 @@ class RucioSource:
             Authentication/permission problems; :class:`TransientRucioError` for connection
             problems (worth a retry).
         """
+        found = self.list_names(scope, name)
+        if found is None:
+            return None
+        spelling, listed = found
+        self._list_replicas(scope, spelling)
+        return listed
+
+    def list_names(self, scope: str, name: str) -> tuple[str, list[RemoteFile]] | None:
+        """``(the spelling that exists, its files)`` without replicas; None if it does not."""
         from rucio.common.exception import DataIdentifierNotFound, ScopeNotFound
 
-        dids = self._did_client()
+        dids = self.did_client()
         for spelling in _spellings(name):
             try:
                 listed = list(dids.list_files(scope, spelling))
@@ -244,15 +287,33 @@ class RucioSource:
                 continue
             except Exception as err:
                 raise _translate(err, f"{scope}:{name}") from None
-            return [RemoteFile(f["scope"], f["name"], int(f["bytes"]),
-                               str(f["adler32"]).lower().zfill(8)) for f in listed]
+            return spelling, [RemoteFile(f["scope"], f["name"], int(f["bytes"]),
+                                         str(f["adler32"]).lower().zfill(8)) for f in listed]
         return None
+
+    def _list_replicas(self, scope: str, name: str) -> None:
+        try:
+            listed = list(self._replica_client_().list_replicas([{"scope": scope, "name": name}]))
+        except Exception as err:
+            raise _translate(err, f"replicas of {scope}:{name}") from None
+        for entry in listed:
+            pfns = entry.get("pfns") or {}
+            replicas = [Replica(str(info.get("rse")), str(pfn)) for pfn, info in
+                        sorted(pfns.items(), key=lambda kv: (kv[1].get("priority") or 0, kv[0]))
+                        if str(info.get("type", "DISK")).upper() != "TAPE"]
+            self.replicas[f"{entry['scope']}:{entry['name']}"] = tuple(replicas)
+
+    def rses(self, did: str) -> tuple[str, ...]:
+        """The RSEs holding a listed file."""
+        return tuple(sorted({r.rse for r in self.replicas.get(did, ())}))
 
     def fetch(self, files: Sequence[RemoteFile], staging: Path, threads: int = 2
               ) -> list[FetchOutcome]:
-        """Download ``files`` into ``staging/<name>`` with ``threads`` parallel transfers.
+        """Download ``files`` (listed before) into ``staging/<name>`` by PFN, with ``threads``
+        parallel transfers (several clients above :data:`CLIENT_THREADS`).
 
-        A file rucio could not read comes back with its state and ``path=None``.
+        A file without a replica, or that rucio could not read, comes back with its state and
+        ``path=None``.
 
         Raises
         ------
@@ -263,19 +324,56 @@ class RucioSource:
         """
         if not files:
             return []
-        from rucio.client.downloadclient import DownloadClient
-
         staging.mkdir(parents=True, exist_ok=True)
-        items = [{"did": f.did, "base_dir": str(staging), "no_subdir": True,
-                  "ignore_checksum": True, "transfer_timeout": self.transfer_timeout}
-                 for f in files]
+        items, outcomes = [], []
+        for f in files:
+            replica = self._next_replica(f.did)
+            if replica is None:
+                outcomes.append(FetchOutcome(f, "FILE_NOT_FOUND", None))
+                continue
+            items.append({"did": f.did, "pfn": replica.pfn, "rse": replica.rse,
+                          "base_dir": str(staging), "no_subdir": True,
+                          "transfer_timeout": self.transfer_timeout})
+        lanes = min(len(items), -(-max(1, threads) // CLIENT_THREADS)) if items else 0
+        shares = [items[k::lanes] for k in range(lanes)]
+        per_lane = max(1, min(CLIENT_THREADS, -(-max(1, threads) // max(1, lanes))))
+        results: list[dict[str, Any]] = []
+        if lanes:
+            self._downloader(lanes - 1)  # every lane's client, made here, not in the threads
+        if lanes == 1:
+            results = self._download(0, shares[0], per_lane)
+        elif lanes > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=lanes) as pool:
+                for part in pool.map(lambda k: self._download(k, shares[k], per_lane),
+                                     range(lanes)):
+                    results.extend(part)
+        fetched = _outcomes([f for f in files if self.replicas.get(f.did)], results, staging)
+        return outcomes + fetched
+
+    def _next_replica(self, did: str) -> Replica | None:
+        replicas = self.replicas.get(did, ())
+        if not replicas:
+            return None
+        n = self._tries.get(did, 0)
+        self._tries[did] = n + 1
+        return replicas[n % len(replicas)]
+
+    def _downloader(self, lane: int) -> Any:
+        while len(self._downloaders) <= lane:
+            from rucio.client.downloadclient import DownloadClient
+
+            self._downloaders.append(DownloadClient(logger=_client_logger, tracing=False))
+        return self._downloaders[lane]
+
+    def _download(self, lane: int, items: list[dict[str, Any]], threads: int
+                  ) -> list[dict[str, Any]]:
         try:
-            client = DownloadClient(logger=_client_logger, tracing=False)
-            result = client.download_dids(items, num_threads=max(1, threads),
-                                          deactivate_file_download_exceptions=True)
+            return self._downloader(lane).download_pfns(
+                items, num_threads=threads, deactivate_file_download_exceptions=True)
         except Exception as err:
-            raise _translate(err, f"download of {len(files)} file(s) from rucio") from None
-        return _outcomes(files, result, staging)
+            raise _translate(err, f"download of {len(items)} file(s) from rucio") from None
 
 
 def _outcomes(files: Iterable[RemoteFile], result: list[dict[str, Any]], staging: Path

@@ -30,7 +30,9 @@ Schema versions (``PRAGMA user_version``), each reached from the one before by
    exhausted task). Existing tasks become attempt rows of their own; nothing is lost.
 4. ``platform`` and ``container_image`` columns in ``tasks`` and ``task_attempts`` (what every
    task and attempt ran on), filled from the runtime JSON of existing rows;
-   ``submissions.sandbox_sha256``, the tarball a tag was submitted with.
+   ``submissions.sandbox_sha256``, the tarball a tag was submitted with; ``rules`` (the
+   replication rules of ``upp-grid replicate``) and ``input_files`` (each input container's
+   files as rucio listed them at download).
 
 The statements of each version are in :mod:`upp_grid.grid.state_schema`.
 
@@ -369,6 +371,39 @@ class StateDB:
             (sub.tag, spec.container, spec.attempt, spec.out_ds, jedi_task_id, sub.config_hash,
              json.dumps(runtime), runtime["platform"], runtime["image"], outcome, detail,
              stamp))
+
+    # ---------------------------------------------------------------------------------- rules
+    def record_rule(self, tag: str, container: str, rse: str, rule_id: str,
+                    lifetime_days: float | None, created: bool) -> None:
+        """A replication rule of one output container (``upp-grid replicate``)."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                """INSERT INTO rules (tag, container, rse, rule_id, lifetime_days, created, at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (tag, container, rse) DO UPDATE SET rule_id = excluded.rule_id,
+                       lifetime_days = excluded.lifetime_days, at = excluded.at""",
+                (tag, container, rse, rule_id, lifetime_days, int(created), stamp))
+            self._event(db, tag, container, "rule", f"{rule_id} to {rse}", stamp)
+
+    def rules(self, tag: str) -> list[dict[str, Any]]:
+        """The tag's recorded replication rules, oldest first."""
+        return [dict(r) for r in self._rows("SELECT * FROM rules WHERE tag = ? ORDER BY at, "
+                                            "container", (tag,))]
+
+    # ---------------------------------------------------------------------------- input files
+    def record_input_files(self, tag: str, in_ds: str, names: Iterable[str]) -> None:
+        """The files of an input container, as rucio lists them (replacing an older list)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM input_files WHERE tag = ? AND in_ds = ?", (tag, in_ds))
+            db.executemany("INSERT INTO input_files (tag, in_ds, name) VALUES (?, ?, ?)",
+                           [(tag, in_ds, n) for n in sorted(set(names))])
+
+    def input_files(self, tag: str, in_ds: str) -> set[str] | None:
+        """The recorded files of an input container; None if never listed."""
+        rows = self._rows("SELECT name FROM input_files WHERE tag = ? AND in_ds = ?",
+                          (tag, in_ds))
+        return {r["name"] for r in rows} if rows else None
 
     def attempts(self, tag: str, container: str | None = None) -> list[Attempt]:
         """Every name the tag's containers (or one) were submitted under, oldest first."""

@@ -110,6 +110,23 @@ _V4 = (
     # the sha256 of the sandbox a tag was submitted with: the local backend runs nothing from
     # a tarball that differs from it (replaced after submit)
     "ALTER TABLE submissions ADD COLUMN sandbox_sha256 TEXT",
+    # replication rules made by `upp-grid replicate`, one per output container and RSE
+    """CREATE TABLE IF NOT EXISTS rules (
+        tag TEXT NOT NULL,
+        container TEXT NOT NULL,
+        rse TEXT NOT NULL,
+        rule_id TEXT NOT NULL,
+        lifetime_days REAL,
+        created INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (tag, container, rse))""",
+    # the files of each input container as rucio listed them at download: what every job's
+    # provenance must cover (kept for `download --no-download`)
+    """CREATE TABLE IF NOT EXISTS input_files (
+        tag TEXT NOT NULL,
+        in_ds TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (tag, in_ds, name))""",
     """UPDATE tasks SET platform = json_extract(runtime, '$.platform'),
            container_image = json_extract(runtime, '$.image') WHERE runtime IS NOT NULL""",
     """UPDATE task_attempts SET platform = json_extract(runtime, '$.platform'),
