@@ -23,7 +23,8 @@ from pathlib import Path
 import common
 
 BENCH = Path(__file__).resolve().parent
-BENCHES = ("split", "weights", "merge_norm", "run", "dryrun", "sandbox", "job_archive")
+BENCHES = ("split", "weights", "merge_norm", "run", "dryrun", "sandbox", "job_archive",
+           "download")
 SMOKE_BUDGET_S = 15.0
 
 

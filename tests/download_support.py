@@ -4,10 +4,13 @@
 * :func:`ledger`: the per-file download state of a tag, read straight from SQLite.
 * :func:`assert_same_training_files`: merged files, histograms, norm and class dicts equal.
 * :func:`rucio_client`: point this process's rucio client at the test server (module fixtures).
+* :func:`scale_project`, :func:`publish_clones`, :func:`rebased_config`: a tag of many job
+  outputs in three containers (the scale tests and ``bench/bench_download.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +22,19 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.fakes.grid_outputs import (
+    clone_archive,
+    grid_lfn,
+    register_grid_files,
+    register_inputs,
+    split_task,
+    task_dataset,
+)
+from tests.grid_support import relabel_containers
 from upp_grid.config import load_config
 from upp_grid.demo import bundled_config_text
+from upp_grid.grid.tasks import plan_tasks
+from upp_grid.mock import make_mock
 from upp_grid.stages.catalogue import read_catalogue
 
 SPLITS = ("train", "val", "test")
@@ -110,3 +124,61 @@ def rucio_client(server) -> Iterator[None]:
         clean_cached_config()
         yield
     clean_cached_config()
+
+
+#: jediTaskIDs are unique on the grid, and so are the output names made from them
+_TASK_IDS = itertools.count(5000)
+
+
+def scale_project(base: Path, label: str) -> Path:
+    """Three mock input containers of their own (named with ``label``) of one small file each,
+    and the demo config (b and light jets) with one sample each; returns the config."""
+    ntuples = base / "ntuples"
+    make_mock(ntuples, num_jets=600, num_files=2, seed=3)
+    relabel_containers(ntuples, label)
+    ttbar = next(ntuples.glob("user.mock.601589.*"))
+    copy = ntuples / ttbar.name.replace("601589", "601590")
+    copy.mkdir()
+    for f in ttbar.iterdir():
+        (copy / f.name.replace("601589", "601590")).write_bytes(f.read_bytes())
+    config = write_config(base, ntuples)  # the demo config, b and light jets
+    data = yaml.safe_load(config.read_text())
+    low, high = data["components"]
+    third = {**low, "sample": {**low["sample"], "name": "ttbar2",
+                               "pattern": "user.mock.601590.*.h5"}}
+    data["components"] = [low, third, high]
+    (base / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return base / "config.yaml"
+
+
+def publish_clones(server, config_path: Path, tag: str, per_container: int, work: Path) -> int:
+    """``per_container`` job outputs of each container under ``tag`` in rucio (and each input
+    container listing its inputs), cloned from one real job output per container
+    (:func:`tests.fakes.grid_outputs.clone_archive`) and registered in bulk; returns the
+    number of files. The rucio client of this process is pointed at ``server``."""
+    config = load_config(config_path)
+    n = 0
+    with rucio_client(server):
+        for spec in plan_tasks(config, tag, USER):
+            (job,) = split_task(config, spec, work / tag)
+            dsid = spec.container.split(".")[2]
+            inputs = [f"user.mock.{dsid}._{i:06d}.output.h5" for i in range(1, per_container + 1)]
+            register_inputs(server.rse, spec.container, inputs)
+            task_id = next(_TASK_IDS)
+            (output,) = spec.outputs
+            files = [(grid_lfn(USER, task_id, f"_{i:06d}", output.file),
+                      clone_archive(job.directory / output.file, name))
+                     for i, name in enumerate(inputs, start=1)]
+            register_grid_files(server.rse, spec.scope, task_dataset(output.container, task_id),
+                                output.container, files, server.pfn_path)
+            n += len(files)
+    return n
+
+
+def rebased_config(config_path: Path, base: Path) -> Path:
+    """The config with a new base dir (no state DB, no split outputs)."""
+    data = yaml.safe_load(config_path.read_text())
+    data["global"]["base_dir"] = str(base)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return base / "config.yaml"

@@ -181,3 +181,37 @@ def register_inputs(rse: str, in_ds: str, names: Sequence[str]) -> None:
         pass
     register_grid_files(rse, scope, f"{in_ds.rstrip('/')}_tid01_00", in_ds,
                         [(n, n.encode()) for n in names])
+
+
+def clone_archive(template: Path, input_name: str) -> bytes:
+    """A job archive like ``template`` (one input) that claims to hold ``input_name``: the
+    provenance and the split record name it and the unit directory is renamed; the component
+    files are the same bytes. Many distinct, valid job outputs without running as many jobs."""
+    import io
+    import json
+    import tarfile
+
+    from upp_grid.grid.job_archive import PROVENANCE_NAME, unit_name
+
+    out = io.BytesIO()
+    with tarfile.open(template) as src, tarfile.open(fileobj=out, mode="w",
+                                                     format=tarfile.PAX_FORMAT) as dst:
+        members = src.getmembers()
+        provenance = json.loads(src.extractfile(members[0]).read())
+        assert members[0].name == PROVENANCE_NAME and len(provenance["inputs"]) == 1
+        old_unit = unit_name(provenance["inputs"][0]["name"])
+        provenance["inputs"][0]["name"] = input_name
+        data = json.dumps(provenance, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(PROVENANCE_NAME)
+        info.size = len(data)
+        dst.addfile(info, io.BytesIO(data))
+        for member in members[1:]:
+            content = src.extractfile(member) if member.isfile() else None
+            if member.name.endswith("/split-record.json"):  # the input it records, too
+                record = json.loads(content.read())
+                record["input"] = str(Path(record["input"]).with_name(input_name))
+                text = json.dumps(record).encode()
+                member.size, content = len(text), io.BytesIO(text)
+            member.name = unit_name(input_name) + member.name[len(old_unit):]
+            dst.addfile(member, content)
+    return out.getvalue()
