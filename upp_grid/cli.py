@@ -206,14 +206,16 @@ def run_cmd(config_path: Path, no_plots: bool) -> None:
 @click.option("--tag", required=True, help="The submission tag.")
 @click.option("--backend", type=click.Choice(["rucio", "local"]), default=None,
               help="Where the outputs are (default: the tag's backend; rucio for PanDA).")
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
-              help="Parallel file transfers.")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 50),
+              help="Parallel file transfers (rucio: 5 per client; above 5, several clients "
+                   "side by side).")
 @click.option("--no-download", is_flag=True,
               help="Skip the transfer: prepare from files already downloaded and verified.")
 @click.option("--prepare-only", is_flag=True,
               help="Write the catalogue only; no weights, merge or norm.")
 @click.option("--allow-partial", is_flag=True,
-              help="Prepare even if some inputs have no outputs (they are listed).")
+              help="Prepare even if some inputs have no outputs (they are listed, and "
+                   "recorded in <components_dir>/left-out-<tag>.yaml).")
 @click.option("--rucio-user", default=None,
               help="Grid nickname for the dataset names when the tag has no state "
                    "(default: RUCIO_ACCOUNT).")

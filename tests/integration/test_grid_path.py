@@ -145,10 +145,15 @@ def test_submit_status_download_gives_the_training_files_of_a_local_run(
         # nFilesPerJob and the other files went to one job
         assert site.jobs == {1000: [1, 2], 1001: [1, 1]}
 
-        status = run_cli(["status", "-c", config, "--tag", TAG, "--json"], panda_env)
+        status = run_cli(["status", "-c", config, "--tag", TAG, "--json"],
+                         {**panda_env, **rucio_server.client_env()})
         assert status.returncode == 0, status.stderr
         tasks = json.loads(status.stdout)["tags"][0]["tasks"]
         assert [t["status"] for t in tasks] == ["done", "done"]
+        # the outputs sit on the scratch disk under JEDI's 14-day rule: status says so
+        warnings = [ln for ln in status.stderr.splitlines() if "only on scratch disks" in ln]
+        assert len(warnings) == 2 and "in 14.0 days" in warnings[0], status.stderr
+        assert f"upp-grid replicate --tag {TAG} --rse <RSE>" in warnings[0]
 
     rucio_env = {**project.env, **rucio_server.client_env()}
     downloaded = run_cli(["download", "-c", config, "--tag", TAG, "--no-plots"], rucio_env)
