@@ -47,15 +47,29 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from upp_grid.errors import UppGridError
-from upp_grid.grid.names import scope_of
+from upp_grid.grid.state_records import (
+    Attempt,
+    DownloadFile,
+    Event,
+    JobRecord,
+    Submission,
+    TaskRecord,
+    download_file_of,
+    job_of,
+    task_of,
+    task_runtime,
+)
 from upp_grid.grid.state_schema import MIGRATIONS, SCHEMA_VERSION
-from upp_grid.grid.tasks import OutputSpec, TaskSpec
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Attempt", "DownloadFile", "Event", "JobRecord",
+           "StateDB", "StateError", "Submission", "TaskRecord", "default_state_path", "now",
+           "task_runtime"]
+from upp_grid.grid.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from upp_grid.config import Config
@@ -79,130 +93,6 @@ def now() -> str:
 def default_state_path(config: Config) -> Path:
     """The state file of a config: ``<base_dir>/upp-grid.sqlite``."""
     return config.global_.base_dir / DEFAULT_NAME
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One tag."""
-
-    tag: str
-    backend: str
-    config_path: str
-    config_hash: str
-    user: str
-    sandbox: str
-    work_dir: str | None = None
-    store_dir: str | None = None
-    created_at: str = ""
-    updated_at: str = ""
-    sandbox_sha256: str | None = None  #: of the tarball submitted (schema 4)
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """One container's task."""
-
-    id: int
-    tag: str
-    container: str
-    samples: tuple[str, ...]
-    out_ds: str
-    outputs: tuple[OutputSpec, ...]
-    command: str
-    status: str
-    backend_status: str | None
-    jedi_task_id: int | None
-    n_files: int | None
-    n_files_finished: int | None
-    n_files_failed: int | None
-    attempt: int
-    submitted_at: str
-    updated_at: str
-    runtime: dict | None = None  #: ``{"runtime": "@el9", "image": ..., "job_size": ...}``
-    error_dialog: str | None = None
-    platform: str | None = None  #: the task's ``architecture``, e.g. ``@el9``
-    container_image: str | None = None  #: prun ``--containerImage``
-
-    @property
-    def in_ds(self) -> str:
-        return self.container
-
-    @property
-    def scope(self) -> str:
-        """rucio scope of the outputs (``user.<nick>``)."""
-        return scope_of(self.out_ds)
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One local job (one input file)."""
-
-    task_id: int
-    index: int
-    input: str
-    state: str
-    attempt: int
-    exit_code: int | None
-    error: str | None
-    log_path: str | None
-    pid: int | None
-    proc_start: str | None
-    started_at: str | None
-    finished_at: str | None
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One name a tag's container was submitted under (a ``task_attempts`` row)."""
-
-    tag: str
-    container: str
-    attempt: int
-    out_ds: str
-    jedi_task_id: int | None
-    config_hash: str | None
-    outcome: str  #: ``submitted``, ``refused`` or ``reactivated``
-    detail: str | None
-    at: str
-    platform: str | None = None  #: e.g. ``@el9`` (None in container mode)
-    container_image: str | None = None
-
-
-@dataclass(frozen=True)
-class Event:
-    tag: str
-    container: str | None
-    at: str
-    event: str
-    detail: str | None
-
-
-@dataclass(frozen=True)
-class DownloadFile:
-    """One grid file of a tag that ``download`` listed (a ``download_files`` row)."""
-
-    tag: str
-    did: str  #: ``scope:name``
-    container: str  #: the output container it was listed from
-    out_ds: str
-    sample: str
-    output: str  #: ``<split>_<region>_<sample>_<flavour>``
-    serial: str  #: the grid job's serial, ``_000001``
-    size: int  #: bytes, as the catalogue lists it
-    adler32: str  #: as the catalogue lists it
-    dest: Path
-    state: str = "listed"  #: ``listed``, ``verified`` or ``failed``
-    fetches: int = 0
-    mtime_ns: int | None = None  #: the destination's mtime when it was verified
-    error: str | None = None
-
-    @property
-    def scope(self) -> str:
-        return self.did.split(":", 1)[0]
-
-    @property
-    def name(self) -> str:
-        return self.did.split(":", 1)[1]
 
 
 class StateDB:
@@ -304,11 +194,11 @@ class StateDB:
 
     # ---------------------------------------------------------------------------------- tasks
     def tasks(self, tag: str) -> list[TaskRecord]:
-        return [_task(r) for r in self._rows("SELECT * FROM tasks WHERE tag = ? ORDER BY id",
+        return [task_of(r) for r in self._rows("SELECT * FROM tasks WHERE tag = ? ORDER BY id",
                                               (tag,))]
 
     def task(self, task_id: int) -> TaskRecord:
-        return _task(self._rows("SELECT * FROM tasks WHERE id = ?", (task_id,))[0])
+        return task_of(self._rows("SELECT * FROM tasks WHERE id = ?", (task_id,))[0])
 
     def record_task(self, sub: Submission, spec: TaskSpec, *, status: str,
                     jedi_task_id: int | None = None, params: dict | None = None,
@@ -342,7 +232,7 @@ class StateDB:
             row = db.execute("SELECT * FROM tasks WHERE tag = ? AND container = ?",
                              (sub.tag, spec.container)).fetchone()
             self._event(db, sub.tag, spec.container, status, detail, stamp)
-        return _task(row)
+        return task_of(row)
 
     def record_unused_name(self, sub: Submission, spec: TaskSpec, outcome: str, detail: str,
                            jedi_task_id: int | None = None) -> None:
@@ -441,7 +331,7 @@ class StateDB:
                                                     old["n_files_failed"])))
         if not detail and new == (old["status"], old["backend_status"], old["n_files"],
                                   old["n_files_finished"], old["n_files_failed"]):
-            return _task(old)
+            return task_of(old)
         stamp = now()
         with self.transaction() as db:
             old = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -453,7 +343,7 @@ class StateDB:
             if old["status"] != status or detail:
                 self._event(db, old["tag"], old["container"], status, detail, stamp)
             row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return _task(row)
+        return task_of(row)
 
     def add_event(self, tag: str, container: str | None, event: str,
                   detail: str | None = None) -> None:
@@ -472,7 +362,7 @@ class StateDB:
 
     # ----------------------------------------------------------------------------------- jobs
     def jobs(self, task_id: int) -> list[JobRecord]:
-        return [_job(r) for r in self._rows(
+        return [job_of(r) for r in self._rows(
             "SELECT * FROM jobs WHERE task_id = ? ORDER BY job_index", (task_id,))]
 
     def reset_jobs(self, task_id: int, inputs: Sequence[str]) -> None:
@@ -496,7 +386,7 @@ class StateDB:
                 return None
             row = db.execute("SELECT * FROM jobs WHERE task_id = ? AND job_index = ?",
                              (task_id, index)).fetchone()
-        return _job(row)
+        return job_of(row)
 
     def job_started(self, job: JobRecord, pid: int, proc_start: str | None) -> None:
         with self.transaction() as db:
@@ -549,7 +439,7 @@ class StateDB:
 
     def download_files(self, tag: str) -> list[DownloadFile]:
         """Every listed file of ``tag``, by destination."""
-        return [_download_file(r) for r in self._rows(
+        return [download_file_of(r) for r in self._rows(
             "SELECT * FROM download_files WHERE tag = ? ORDER BY dest", (tag,))]
 
     def download_scope(self, tag: str) -> str | None:
@@ -579,40 +469,3 @@ class StateDB:
     def _write(self, sql: str, args: Sequence[Any]) -> None:
         with self.transaction() as db:
             db.execute(sql, args)
-
-
-def _download_file(row: sqlite3.Row) -> DownloadFile:
-    return DownloadFile(
-        tag=row["tag"], did=row["did"], container=row["container"], out_ds=row["out_ds"],
-        sample=row["sample"], output=row["output"], serial=row["serial"], size=row["bytes"],
-        adler32=row["adler32"], dest=Path(row["dest"]), state=row["state"],
-        fetches=row["fetches"], mtime_ns=row["mtime_ns"], error=row["error"])
-
-
-def task_runtime(spec: TaskSpec) -> dict:
-    """What a task runs on and how its jobs are sized, as recorded in the state DB."""
-    o = spec.options
-    return {"runtime": o.runtime, "platform": None if o.container_image else o.platform,
-            "image": o.container_image, "job_size": o.job_size, "dest_se": o.dest_se}
-
-
-def _task(row: sqlite3.Row) -> TaskRecord:
-    return TaskRecord(
-        id=row["id"], tag=row["tag"], container=row["container"],
-        samples=tuple(json.loads(row["samples"])), out_ds=row["out_ds"],
-        outputs=tuple(OutputSpec(f, c) for f, c in json.loads(row["outputs"])),
-        command=row["command"], status=row["status"], backend_status=row["backend_status"],
-        jedi_task_id=row["jedi_task_id"], n_files=row["n_files"],
-        n_files_finished=row["n_files_finished"], n_files_failed=row["n_files_failed"],
-        attempt=row["attempt"], submitted_at=row["submitted_at"], updated_at=row["updated_at"],
-        runtime=json.loads(row["runtime"]) if row["runtime"] else None,
-        error_dialog=row["error_dialog"], platform=row["platform"],
-        container_image=row["container_image"])
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        task_id=row["task_id"], index=row["job_index"], input=row["input"], state=row["state"],
-        attempt=row["attempt"], exit_code=row["exit_code"], error=row["error"],
-        log_path=row["log_path"], pid=row["pid"], proc_start=row["proc_start"],
-        started_at=row["started_at"], finished_at=row["finished_at"])
