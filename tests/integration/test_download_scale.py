@@ -26,6 +26,7 @@ from tests.download_support import (
 )
 from tests.grid_support import clean_env, run_cli
 from upp_grid.config import load_config
+from upp_grid.grid.state import StateDB
 from upp_grid.grid.tasks import plan_tasks
 
 
@@ -116,6 +117,10 @@ def test_scratch_only_outputs_are_warned_about_until_replicated(rucio_server, pr
     assert replicated.stdout.count(": rule ") == 3
     assert f"kept on {rucio_server.keep_rse} with no expiry" in replicated.stdout
     assert again.returncode == 0 and again.stdout.count("rule existed") == 3
+    with StateDB(config.parent / "upp-grid.sqlite") as state:
+        recorded = state.rules("keep")
+    assert len(recorded) == 3
+    assert {(r["rse"], r["lifetime_days"]) for r in recorded} == {(rucio_server.keep_rse, None)}
     # the rules are there for the rucio client, on each output container
     from rucio.client.didclient import DIDClient
 
