@@ -100,7 +100,7 @@ class LocalBackend:
             raise UppGridError("--container-image runs jobs in a container on the grid: the "
                                "local backend runs the env/ sandbox (drop --container-image)")
         tarball = sandbox()
-        submission = replace(submission, sandbox_sha256=sandboxes.file_sha256(tarball))
+        submission = replace(submission, sandbox_sha256=sandboxes.tarball_sha256(tarball))
         self._unpack(submission, tarball)
         ids = []
         for spec in specs:

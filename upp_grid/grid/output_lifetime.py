@@ -7,8 +7,9 @@ lifetime = 14 * 86400``); then rucio deletes them. ``submit --dest-se`` writes t
 
 * :func:`container_lifetime`: per output container, how many files have replicas on scratch
   disks only, the rules without an expiry that keep it (on the container or its datasets), and
-  when the scratch rules expire. REST calls: the listing (two, shared with the download), the
-  container's rules, its content, and one per dataset (one dataset per task and site).
+  when the scratch rules expire. REST calls: the listing (two, asked once per source and
+  shared with the download), the container's rules, its content, and one per dataset (one
+  dataset per task and site).
 * :func:`lifetime_warnings`: one line per container at risk, saying when it expires.
 * :func:`replicate`: ``RuleClient.add_replication_rule`` per output container, recorded in the
   state DB; an existing rule of the account for the same RSE is reported, not duplicated.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from upp_grid.errors import UppGridError
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
     from upp_grid.grid.state import StateDB
 
 log = logging.getLogger(__name__)
-
-#: JEDI's lifetime of outputs on a SCRATCHDISK (AtlasDDMClient.py)
-SCRATCH_LIFETIME = timedelta(days=14)
-
 
 def is_scratch(rse_or_expression: str) -> bool:
     """Whether an RSE (or an RSE expression) is a scratch disk."""
@@ -105,14 +102,10 @@ def _rules(source: RucioSource, scope: str, name: str) -> list[dict[str, Any]]:
 
 
 def _utc(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    for fmt in ("%a, %d %b %Y %H:%M:%S %Z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return datetime.strptime(str(value), fmt).replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-    raise UppGridError(f"unreadable rule expiry from rucio: {value!r}")
+    """A rule's ``expires_at`` (rucio's client gives naive UTC datetimes) as aware UTC."""
+    if not isinstance(value, datetime):
+        raise UppGridError(f"unreadable rule expiry from rucio: {value!r}")
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def lifetime_warnings(tag: str, lifetimes: Sequence[ContainerLifetime],

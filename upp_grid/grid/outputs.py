@@ -36,7 +36,7 @@ from upp_grid.grid.backend import (
 )
 from upp_grid.grid.download_records import DownloadError, Wanted, job_dir, more_listed, parse_lfn
 from upp_grid.grid.job_archive import coverage, unpacked
-from upp_grid.grid.rucio import RemoteFile
+from upp_grid.grid.rucio import RemoteFile, RucioSource
 from upp_grid.grid.sources import Source
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
 from upp_grid.grid.tasks import OutputSpec, plan_tasks
@@ -232,9 +232,9 @@ def input_files(tag: TagOutputs, source: Source | None, state: StateDB) -> dict[
     on the inDS, recorded in the state DB), else a list recorded before, else the local
     backend's jobs. An input container with none of these is missing from the result."""
     out: dict[str, set[str]] = {}
-    lister = getattr(source, "list_names", None)
     for task in tag.tasks:
-        found = None if lister is None else lister(names.scope_of(task.in_ds), task.in_ds)
+        found = (source.list_names(names.scope_of(task.in_ds), task.in_ds)
+                 if isinstance(source, RucioSource) else None)
         if found is not None:
             listed = {Path(f.name).name for f in found[1]}
             state.record_input_files(tag.tag, task.in_ds, listed)
@@ -300,7 +300,7 @@ def _job_reason(task: TaskOutputs, name: str) -> str:
         if name in {Path(p).name for p in j.input.split(",")}:
             return f" (job {j.index} {j.state}{': ' + j.error if j.error else ''})"
     r = task.record
-    if r is not None and r.status not in (DONE,):
+    if r is not None and r.status != DONE:
         return f" ({task.describe()})"
     return ""
 

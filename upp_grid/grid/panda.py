@@ -34,7 +34,7 @@ from upp_grid.grid.panda_client import (
     one_line,
     prun_task_params,
 )
-from upp_grid.grid.sandbox import file_sha256
+from upp_grid.grid.sandbox import tarball_sha256
 from upp_grid.grid.state import StateDB, Submission, TaskRecord
 from upp_grid.grid.tasks import TaskSpec
 
@@ -107,7 +107,7 @@ class PandaBackend:
                sandbox: Callable[[], Path]) -> list[TaskRecord]:
         client = self._connect()
         tarball = sandbox()
-        submission = replace(submission, sandbox_sha256=file_sha256(tarball))
+        submission = replace(submission, sandbox_sha256=tarball_sha256(tarball))
         prun_dir = tarball.parent / "prun"
         records = []
         refused: list[NameInUseError] = []

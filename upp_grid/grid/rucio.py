@@ -236,6 +236,7 @@ class RucioSource:
         self._downloaders: list[Any] = []
         self.replicas: dict[str, tuple[Replica, ...]] = {}  #: DID -> replicas, from listing
         self._tries: dict[str, int] = {}  #: DID -> fetches so far (the next one: next replica)
+        self._listed: dict[tuple[str, str], tuple[str, list[RemoteFile]] | None] = {}
 
     def _client(self, attr: str, module: str, name: str) -> Any:
         if getattr(self, attr) is None:
@@ -276,7 +277,15 @@ class RucioSource:
         return listed
 
     def list_names(self, scope: str, name: str) -> tuple[str, list[RemoteFile]] | None:
-        """``(the spelling that exists, its files)`` without replicas; None if it does not."""
+        """``(the spelling that exists, its files)`` without replicas; None if it does not.
+        Asked once per source: the download, the completeness and the lifetime checks share
+        the answer."""
+        key = (scope, name)
+        if key not in self._listed:
+            self._listed[key] = self._ask_names(scope, name)
+        return self._listed[key]
+
+    def _ask_names(self, scope: str, name: str) -> tuple[str, list[RemoteFile]] | None:
         from rucio.common.exception import DataIdentifierNotFound, ScopeNotFound
 
         dids = self.did_client()

@@ -56,6 +56,7 @@ __all__ = [
     "ensure_sandbox",
     "file_sha256",
     "find_env_dir",
+    "tarball_sha256",
     "unpack",
 ]
 
@@ -341,10 +342,11 @@ def _read_info(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def recorded_sha256(sandbox: Path) -> str | None:
-    """The sha256 that ``sandbox.json`` next to ``sandbox`` recorded when it was built."""
+def tarball_sha256(sandbox: Path) -> str:
+    """The sandbox's sha256 as ``sandbox.json`` recorded it when :func:`ensure_sandbox` built
+    it (no second pass over the tarball); hashed now if there is no record."""
     value = _read_info(sandbox.parent / INFO_NAME).get("sha256")
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) else file_sha256(sandbox)
 
 
 def file_sha256(path: Path) -> str:

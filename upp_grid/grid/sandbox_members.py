@@ -28,6 +28,7 @@ interpreter. Every packed file is then scanned for credentials (:mod:`.secret_sc
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -76,8 +77,6 @@ class Member:
             st = self.source.stat()
             what = f"{st.st_size}:{st.st_mtime_ns}"
         elif self.data is not None:
-            import hashlib
-
             what = hashlib.sha256(self.data).hexdigest()
         else:
             what = self.linkname

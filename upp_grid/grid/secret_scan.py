@@ -109,11 +109,10 @@ def _scan_pem(data: bytes) -> Finding | None:
             if any(oid in der for oid in _PROXY_OIDS) or _PROXY_CN.search(der):
                 return Finding("proxy certificate", _line(data, match.start()))
             certificates.append((match.start(), der))
-    for offset, der in certificates:
-        if not _BASIC_CONSTRAINTS_CA.search(der) and len(certificates) < 2:
-            # a lone end-entity certificate (a user's usercert.pem); a bundle of several
-            # certificates without a key or a proxy is a public CA bundle (certifi's)
-            return Finding("certificate", _line(data, offset))
+    # a lone end-entity certificate (a user's usercert.pem); a bundle of several certificates
+    # without a key or a proxy is a public CA bundle (certifi's)
+    if len(certificates) == 1 and not _BASIC_CONSTRAINTS_CA.search(certificates[0][1]):
+        return Finding("certificate", _line(data, certificates[0][0]))
     return None
 
 
