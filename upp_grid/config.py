@@ -30,18 +30,16 @@ follow-up problems about its content.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 from ftag.cuts import OPERATORS, Cuts
 from ftag.labels import Label
 
@@ -50,8 +48,26 @@ from upp_grid.lazy_ftag import libyaml_safe_load
 with libyaml_safe_load():  # ftag.flavours parses its YAML at import time
     from ftag.flavours import Extended_Flavours, Flavours
 
+from upp_grid.config_reader import (
+    Problems,
+    Reader,
+    closest,
+    describe,
+    find_flavour,
+    is_number,
+    mapping_hint,
+    normalise_aliases,
+    numeric_str,
+    one_of,
+    optional,
+    position_of,
+    positive,
+    suggest,
+)
+from upp_grid.config_reweighting import Reweight as Reweight  # re-exported
+from upp_grid.config_reweighting import Reweighting, parse_reweighting
 from upp_grid.errors import ConfigError
-from upp_grid.yamlload import SourcedDict, SourcedList, load_yaml, to_plain
+from upp_grid.yamlload import SourcedDict, load_yaml, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +75,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 SECTIONS = ("variables", "global_cuts", "components", "global", "reweighting")
 # UPP sections upp-grid does not use; accepted so UPP configs load unchanged.
 IGNORED_SECTIONS = ("resampling", "plotting", "transform", "umami", "auto_counts")
-TARGETS = ("mean", "min", "max", "uniform")
 PRECISIONS = ("half", "full")
 COMPRESSIONS = ("gzip", "lzf", "none")
 DEFAULT_FULL_PRECISION_VARS = ("pt", "pt_btagJes", "energy", "mass")
 
 # UPP's object-agnostic names -> the names used here
-ALIASES = {
-    "global_name": "jets_name",
-    "num_global_objects": "num_jets",
-    "num_global_objects_val": "num_jets_val",
-    "num_global_objects_test": "num_jets_test",
-    "num_global_objects_estimate": "num_jets_estimate",
-    "num_global_objects_per_output_file": "num_jets_per_output_file",
-    "equal_global_objects": "equal_jets",
-    "classes": "flavours",
-    "flavour_category": "class_category",
-}
 # UPP global options that have no effect here (accepted, logged at debug level)
 UPP_ONLY_GLOBAL = (
     "num_jets_estimate_available",
@@ -145,44 +149,6 @@ class Component:
     def cap(self, split: str) -> int:
         """Jet cap for ``split`` (-1 means all)."""
         return {"train": self.num_jets, "val": self.num_jets_val, "test": self.num_jets_test}[split]
-
-
-@dataclass(frozen=True)
-class Reweight:
-    """One reweighting: per-class histograms of ``group`` over ``reweight_vars``."""
-
-    group: str
-    reweight_vars: tuple[str, ...]
-    bins: Mapping[str, tuple[tuple[float, float, int], ...]]
-    class_var: str
-    class_target: str | int | tuple[int, ...]
-    add_overflow: bool = True
-
-    @property
-    def name(self) -> str:
-        """UPP's weight field name, e.g. ``weight_jets_pt_eta_target_mean_flavour_label``."""
-        if isinstance(self.class_target, tuple):
-            target = "_".join(map(str, self.class_target))
-        else:
-            target = f"{self.class_target}_{self.class_var}"
-        return f"weight_{self.group}_{'_'.join(self.reweight_vars)}_target_{target}"
-
-    def edges(self, var: str) -> np.ndarray:
-        """Bin edges of ``var`` (float64), with ±inf overflow edges if ``add_overflow``."""
-        parts = [np.linspace(a, b, n + 1) for a, b, n in self.bins[var]]
-        edges = np.concatenate([parts[0], *(p[1:] for p in parts[1:])])
-        if self.add_overflow:
-            edges = np.concatenate([[-np.inf], edges, [np.inf]])
-        return edges
-
-
-@dataclass(frozen=True)
-class Reweighting:
-    """The ``reweighting`` section."""
-
-    reweights: tuple[Reweight, ...]
-    num_jets_estimate: int
-    merge_num_proc: int = 1
 
 
 @dataclass(frozen=True)
@@ -256,273 +222,6 @@ class Config:
         return (parse_config, (dict(self.raw), self.path))
 
 
-# --------------------------------------------------------------------------- validation
-class _Problems:
-    """Collects one-line problems ``file:line: key.path: what is wrong``.
-
-    :meth:`lines` sorts them by position (the config file first, then included files) so the
-    first line a user sees is the earliest problem in the file. A mistake in an anchored block
-    used by several components is reported once, with the key path of its first use.
-    """
-
-    def __init__(self, path: Path, root: Mapping[Any, Any]) -> None:
-        self.path = path
-        self.root = root  # the top-level mapping, for "did you mean the anchor" hints
-        self.found: list[tuple[str, int, str, str]] = []
-
-    def add(self, parent: Any, key: Any, keypath: str, msg: str) -> None:
-        file, line = _where(parent, key, self.path)
-        self.found.append((str(file), line, keypath, msg))
-
-    def lines(self) -> list[str]:
-        main = str(self.path)
-        ordered = sorted(self.found, key=lambda f: (f[0] != main, f[0], f[1]))
-        seen, out = set(), []
-        for file, line, keypath, msg in ordered:
-            same = (file, line, keypath.rpartition(".")[2], msg)  # e.g. `cuts[1]` of an anchor
-            if same in seen:
-                continue
-            seen.add(same)
-            at = f"{file}:{line}" if line else file
-            out.append(f"{at}: {keypath}: {msg}" if keypath else f"{at}: {msg}")
-        return out
-
-
-def _where(parent: Any, key: Any, default: Path) -> tuple[Path, int]:
-    """File and line of ``parent[key]`` (of ``parent`` itself if ``key`` is None)."""
-    file = getattr(parent, "file", None) or default
-    line = getattr(parent, "line", 0)
-    if isinstance(parent, SourcedDict):
-        line = parent.lines.get(key, line)
-    elif isinstance(parent, SourcedList) and isinstance(key, int) and key < len(parent.lines):
-        line = parent.lines[key]
-    return file, line
-
-
-def _closest(word: Any, options: Any, cutoff: float = 0.6) -> str | None:
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
-    return match[0] if match else None
-
-
-def _suggest(word: Any, options: Any, cutoff: float = 0.6) -> str:
-    match = _closest(word, options, cutoff)
-    return f" (did you mean '{match}'?)" if match else ""
-
-
-def _typename(value: Any) -> str:
-    names = {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        dict: "mapping",
-        list: "list",
-    }
-    for typ, name in names.items():
-        if isinstance(value, typ):
-            return name
-    return "null" if value is None else type(value).__name__
-
-
-def _describe(value: Any) -> str:
-    """``string 'all'``, ``null``, ``list [0, 10]``: a value as a user wrote it, kept short."""
-    if value is None:
-        return "null"
-    text = repr(to_plain(value))
-    return f"{_typename(value)} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _as_int(value: Any) -> int | None:
-    """``value`` as an int if it is a whole number (``4e6`` is written for 4 million)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _num(value: float) -> int | float:
-    """``250000`` rather than ``250000.0`` in messages (YAML reads ``250e3`` as a float)."""
-    return int(value) if float(value).is_integer() else value
-
-
-def _show(value: Any) -> str:
-    """``repr`` of a value as written: plain containers, ``250000`` for ``250e3``."""
-    if isinstance(value, list):
-        return f"[{', '.join(_show(v) for v in value)}]"
-    if isinstance(value, float):
-        return repr(_num(value)) if value == value and abs(value) != float("inf") else repr(value)
-    return repr(to_plain(value))
-
-
-def _numeric_str(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
-class _Reader:
-    """Typed access to one mapping of the config, recording problems instead of raising."""
-
-    def __init__(self, data: Any, keypath: str, problems: _Problems, parent: Any, key: Any) -> None:
-        self.keypath = keypath
-        self.p = problems
-        self.ok = isinstance(data, dict)
-        self.data = data if self.ok else SourcedDict()
-        self.typos: set[str] = set()  # required keys already reported as a misspelt key
-        if not self.ok:
-            problems.add(
-                parent,
-                key,
-                keypath,
-                f"expected a mapping, got {_describe(data)}{_hint(data, problems)}",
-            )
-
-    def sub(self, key: Any) -> str:
-        return f"{self.keypath}.{key}" if self.keypath else str(key)
-
-    def check_keys(self, allowed: tuple[str, ...], ignored: tuple[str, ...] = ()) -> None:
-        """Report keys that are not ``allowed`` (``ignored`` keys are accepted silently)."""
-        for key in self.data:
-            if key in allowed or key in ignored:
-                continue
-            if not isinstance(key, str):
-                self.p.add(
-                    self.data, key, self.sub(key), f"key must be a name, got {_describe(key)}"
-                )
-                continue
-            match = _closest(key, allowed)
-            if match and match not in self.data:
-                self.typos.add(match)
-                self.p.add(self.data, key, self.sub(key), f"unknown key (did you mean '{match}'?)")
-            else:
-                self.p.add(
-                    self.data, key, self.sub(key), f"unknown key; allowed: {', '.join(allowed)}"
-                )
-
-    def get(
-        self,
-        key: str,
-        kind: type | tuple[type, ...],
-        default: Any = None,
-        required: bool = False,
-        check: Callable[[Any], str | None] | None = None,
-        hint: str = "",
-    ) -> Any:
-        """``data[key]`` if it has type ``kind`` and passes ``check``; else record a problem.
-
-        An ``int`` field also takes a whole float (``num_jets: 4e6``).
-        """
-        if key not in self.data:
-            if required and self.ok and key not in self.typos:
-                self.p.add(self.data, None, self.sub(key), "missing required key")
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if int in kinds and float not in kinds and _as_int(value) is not None:
-            value = _as_int(value)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            want = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-            self.p.add(
-                self.data, key, self.sub(key), f"expected {want}, got {_describe(value)}{hint}"
-            )
-            return default
-        if check is not None and (msg := check(value)):
-            self.p.add(self.data, key, self.sub(key), msg)
-            return default
-        return value
-
-    def str_list(
-        self, key: str, required: bool = False, allow_str: bool = False
-    ) -> tuple[str, ...]:
-        """A list of names; a lone string is accepted only if ``allow_str``."""
-        value = self.data.get(key)
-        if isinstance(value, str) and not allow_str:
-            self.p.add(
-                self.data,
-                key,
-                self.sub(key),
-                f"expected a list, got string {value!r} (write [{value}])",
-            )
-            return ()
-        value = self.get(key, (list, str) if allow_str else list, None, required)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return (value,)
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, str) and item:
-                out.append(item)
-            else:
-                self.p.add(
-                    value,
-                    i,
-                    f"{self.sub(key)}[{i}]",
-                    f"expected a non-empty string, got {_describe(item)}",
-                )
-        return tuple(out)
-
-
-_KIND_NAMES = {
-    dict: "a mapping",
-    list: "a list",
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    type(None): "null",
-    object: "a value",
-}
-
-
-def _hint(value: Any, p: _Problems) -> str:
-    """Why a mapping may be missing: an anchor name written without ``*``, or bad indentation."""
-    if value is None:
-        return " (is it empty, or is its content not indented under it?)"
-    if isinstance(value, str) and isinstance(p.root.get(value), dict):
-        return f" (to use the block '{value}' defined at the top, write *{value})"
-    return ""
-
-
-def _normalise_aliases(data: Any, p: _Problems, keypath: str = "") -> Any:
-    """Rename UPP's object-agnostic keys to upp-grid's jet names, keeping source info."""
-    if isinstance(data, dict):
-        out = SourcedDict()
-        out.file, out.line = getattr(data, "file", None), getattr(data, "line", 0)
-        lines = getattr(data, "lines", {})
-        for key, value in data.items():
-            new = ALIASES.get(key, key) if isinstance(key, str) else key
-            here = f"{keypath}.{key}" if keypath else str(key)
-            if new != key and new in data:
-                p.add(
-                    data,
-                    key,
-                    here,
-                    f"both '{key}' and '{new}' are given (they are the same "
-                    "option under two names): keep one",
-                )
-            out[new] = _normalise_aliases(value, p, here)
-            out.lines[new] = lines.get(key, out.line)
-        return out
-    if isinstance(data, list):
-        out_list = SourcedList(
-            _normalise_aliases(v, p, f"{keypath}[{i}]") for i, v in enumerate(data)
-        )
-        out_list.file, out_list.line = getattr(data, "file", None), getattr(data, "line", 0)
-        out_list.lines = list(getattr(data, "lines", []))
-        return out_list
-    return data
-
-
 # --------------------------------------------------------------------------- cuts
 _OPERATOR_FIXES = {
     "=": "==",
@@ -546,10 +245,10 @@ def _suggest_operator(op: Any) -> str:
     for cand in (text, mod + _OPERATOR_FIXES.get(rest, rest), mod + rest[::-1]):
         if cand in OPERATORS:
             return f" (did you mean '{cand}'?)"
-    return _suggest(op, [o for o in OPERATORS if not o.startswith("%") or o[1:3] == "10"])
+    return suggest(op, [o for o in OPERATORS if not o.startswith("%") or o[1:3] == "10"])
 
 
-def _parse_cuts(value: Any, keypath: str, p: _Problems, parent: Any, key: Any) -> Cuts | None:
+def _parse_cuts(value: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Cuts | None:
     """UPP's cut list ``[[var, op, value], ...]`` (or ``"var op value"`` strings) → Cuts."""
     if value is None:
         return Cuts.empty()
@@ -558,7 +257,7 @@ def _parse_cuts(value: Any, keypath: str, p: _Problems, parent: Any, key: Any) -
             parent,
             key,
             keypath,
-            f"expected a list of cuts [variable, operator, value], got {_describe(value)}",
+            f"expected a list of cuts [variable, operator, value], got {describe(value)}",
         )
         return None
     triples = []
@@ -576,7 +275,7 @@ def _parse_cuts(value: Any, keypath: str, p: _Problems, parent: Any, key: Any) -
             p.add(value, i, here, f"unknown cut operator '{op}'{hint}")
             continue
         if op in ("in", "notin"):
-            if not isinstance(val, list) or not all(_is_number(v) for v in val):
+            if not isinstance(val, list) or not all(is_number(v) for v in val):
                 p.add(
                     value,
                     i,
@@ -585,7 +284,7 @@ def _parse_cuts(value: Any, keypath: str, p: _Problems, parent: Any, key: Any) -
                 )
                 continue
             val = tuple(val)
-        elif not _is_number(val) and not (isinstance(val, str) and _numeric_str(val)):
+        elif not is_number(val) and not (isinstance(val, str) and numeric_str(val)):
             p.add(value, i, here, f"cut value must be a number, got {to_plain(val)!r}")
             continue
         triples.append((var, op, val))
@@ -593,13 +292,13 @@ def _parse_cuts(value: Any, keypath: str, p: _Problems, parent: Any, key: Any) -
 
 
 # --------------------------------------------------------------------------- sections
-def _parse_variables(r: _Reader, p: _Problems, jets_name: str) -> dict[str, VariableGroup]:
+def _parse_variables(r: Reader, p: Problems, jets_name: str) -> dict[str, VariableGroup]:
     groups = {}
     for name, spec in r.data.items():
         if not isinstance(name, str):
-            p.add(r.data, name, r.sub(name), f"a group name must be a name, got {_describe(name)}")
+            p.add(r.data, name, r.sub(name), f"a group name must be a name, got {describe(name)}")
             continue
-        g = _Reader(spec, r.sub(name), p, r.data, name)
+        g = Reader(spec, r.sub(name), p, r.data, name)
         g.check_keys(("inputs", "labels"), ignored=("selection",))
         inputs = g.str_list("inputs")
         labels = g.str_list("labels")
@@ -612,12 +311,12 @@ def _parse_variables(r: _Reader, p: _Problems, jets_name: str) -> dict[str, Vari
             None,
             "variables",
             f"no '{jets_name}' group (the jets dataset, "
-            f"global.jets_name){_suggest(jets_name, groups)}",
+            f"global.jets_name){suggest(jets_name, groups)}",
         )
     return groups
 
 
-def _parse_global_cuts(r: _Reader, p: _Problems) -> dict[str, Cuts]:
+def _parse_global_cuts(r: Reader, p: Problems) -> dict[str, Cuts]:
     r.check_keys((*SPLITS, "common"))
     common = _parse_cuts(r.data.get("common"), r.sub("common"), p, r.data, "common")
     out = {}
@@ -638,8 +337,8 @@ def _parse_global_cuts(r: _Reader, p: _Problems) -> dict[str, Cuts]:
     return out
 
 
-def _parse_region(data: Any, keypath: str, p: _Problems, parent: Any, key: Any) -> Region | None:
-    r = _Reader(data, keypath, p, parent, key)
+def _parse_region(data: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Region | None:
+    r = Reader(data, keypath, p, parent, key)
     r.check_keys(("name", "cuts"))
     name = r.get("name", str, required=r.ok)
     cuts = _parse_cuts(r.data.get("cuts"), r.sub("cuts"), p, r.data, "cuts")
@@ -648,8 +347,8 @@ def _parse_region(data: Any, keypath: str, p: _Problems, parent: Any, key: Any) 
     return Region(name, cuts)
 
 
-def _parse_sample(data: Any, keypath: str, p: _Problems, parent: Any, key: Any) -> Sample | None:
-    r = _Reader(data, keypath, p, parent, key)
+def _parse_sample(data: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Sample | None:
+    r = Reader(data, keypath, p, parent, key)
     r.check_keys(
         ("name", "pattern", "equal_jets"), ignored=("vds_dir", "skip_checks", "sample_weight")
     )
@@ -672,26 +371,19 @@ def _check_num_jets(value: int) -> str | None:
     return f"must be -1 (all jets) or a positive number of jets, got {value}"
 
 
-def _flavour(name: str, labels: Any) -> Label | None:
-    try:
-        return labels[name]
-    except (KeyError, TypeError):
-        return None
-
-
 def _unknown_flavour(name: str, labels: Any) -> str:
     names = [lab.name for lab in labels]
     other = Flavours if labels is Extended_Flavours else Extended_Flavours
-    if _flavour(name, other) is not None:
+    if find_flavour(name, other) is not None:
         category = "standard" if other is Flavours else "extended"
         return f"unknown flavour '{name}' (it is defined for global.class_category: {category})"
-    return f"unknown flavour '{name}'{_suggest(name, names)}"
+    return f"unknown flavour '{name}'{suggest(name, names)}"
 
 
 def _parse_component(
-    comp: Any, kp: str, p: _Problems, parent: Any, i: int, labels: Any
+    comp: Any, kp: str, p: Problems, parent: Any, i: int, labels: Any
 ) -> list[Component]:
-    r = _Reader(comp, kp, p, parent, i)
+    r = Reader(comp, kp, p, parent, i)
     if not r.ok:
         return []
     r.check_keys(("region", "sample", "flavours", "num_jets", "num_jets_val", "num_jets_test"))
@@ -714,7 +406,7 @@ def _parse_component(
     flavours = r.str_list("flavours")
     resolved = []
     for j, name in enumerate(flavours):
-        label = _flavour(name, labels)
+        label = find_flavour(name, labels)
         if label is None:
             p.add(
                 r.data["flavours"], j, f"{r.sub('flavours')}[{j}]", _unknown_flavour(name, labels)
@@ -740,14 +432,14 @@ def _parse_component(
     ]
 
 
-def _parse_components(data: Any, p: _Problems, root: Any, labels: Any) -> tuple[Component, ...]:
+def _parse_components(data: Any, p: Problems, root: Any, labels: Any) -> tuple[Component, ...]:
     if not isinstance(data, list):
         p.add(
             root,
             "components",
             "components",
             "expected a list of components (each item "
-            f"starting with '- region:'), got {_describe(data)}{_hint(data, p)}",
+            f"starting with '- region:'), got {describe(data)}{mapping_hint(data, p)}",
         )
         return ()
     if not data:
@@ -771,23 +463,6 @@ def _parse_components(data: Any, p: _Problems, root: Any, labels: Any) -> tuple[
     return tuple(out)
 
 
-def _positive(value: int) -> str | None:
-    return None if value > 0 else f"must be a positive integer, got {value}"
-
-
-def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value in options:
-            return None
-        return f"must be one of {', '.join(options)}, got '{value}'{_suggest(value, options)}"
-
-    return check
-
-
-def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    return lambda value: None if value is None else check(value)
-
-
 GLOBAL_KEYS = (
     "base_dir",
     "ntuple_dir",
@@ -805,7 +480,7 @@ GLOBAL_KEYS = (
 )
 
 
-def _parse_global(r: _Reader, config_path: Path) -> GlobalConfig:
+def _parse_global(r: Reader, config_path: Path) -> GlobalConfig:
     r.check_keys(GLOBAL_KEYS, ignored=UPP_ONLY_GLOBAL)
     for key in UPP_ONLY_GLOBAL:
         if key in r.data:
@@ -818,7 +493,7 @@ def _parse_global(r: _Reader, config_path: Path) -> GlobalConfig:
         return value if value.is_absolute() else base_dir / value
 
     compression = r.get(
-        "compression", (str, type(None)), default="gzip", check=_optional(_one_of(COMPRESSIONS))
+        "compression", (str, type(None)), default="gzip", check=optional(one_of(COMPRESSIONS))
     )
     return GlobalConfig(
         base_dir=base_dir,
@@ -826,238 +501,19 @@ def _parse_global(r: _Reader, config_path: Path) -> GlobalConfig:
         components_dir=path("components_dir", "split-components"),
         out_dir=path("out_dir", "output"),
         jets_name=r.get("jets_name", str, default="jets"),
-        batch_size=r.get("batch_size", int, default=100_000, check=_positive),
-        num_jets_estimate=r.get("num_jets_estimate", int, default=1_000_000, check=_positive),
+        batch_size=r.get("batch_size", int, default=100_000, check=positive),
+        num_jets_estimate=r.get("num_jets_estimate", int, default=1_000_000, check=positive),
         num_jets_per_output_file=r.get(
-            "num_jets_per_output_file", (int, type(None)), check=_optional(_positive)
+            "num_jets_per_output_file", (int, type(None)), check=optional(positive)
         ),
-        precision=r.get("precision", str, default="half", check=_one_of(PRECISIONS)),
+        precision=r.get("precision", str, default="half", check=one_of(PRECISIONS)),
         full_precision_vars=r.str_list("full_precision_vars") or DEFAULT_FULL_PRECISION_VARS,
         compression=compression or "none",
         seed=r.get("seed", int, default=42),
         class_category=r.get(
-            "class_category", str, default="standard", check=_one_of(("standard", "extended"))
+            "class_category", str, default="standard", check=one_of(("standard", "extended"))
         ),
     )
-
-
-# --------------------------------------------------------------------------- reweighting
-def _parse_bins(
-    value: Any, keypath: str, p: _Problems, parent: Any, key: Any
-) -> tuple[tuple[float, float, int], ...] | None:
-    """``[[start, stop, n], ...]`` sub-ranges that must join up; a single range may be flat."""
-    example = "e.g. [[20e3, 250e3, 50], [250e3, 1e6, 50]]"
-    if isinstance(value, list) and value and all(_is_number(v) for v in value):
-        if len(value) != 3:
-            missing = " (the number of bins n is missing)" if len(value) == 2 else ""
-            p.add(
-                parent,
-                key,
-                keypath,
-                f"bins are a list of [start, stop, n] ranges, {example};"
-                f" got {_show(value)}{missing}",
-            )
-            return None
-        single = SourcedList([value])  # a single [start, stop, n] range, written flat
-        single.file, single.line = getattr(value, "file", None), getattr(value, "line", 0)
-        single.lines = [single.line]
-        value = single
-    if not isinstance(value, list) or not value:
-        p.add(
-            parent,
-            key,
-            keypath,
-            f"bins are a list of [start, stop, n] ranges, {example}; got {_describe(value)}",
-        )
-        return None
-    ranges: list[tuple[float, float, int]] = []
-    for i, rng in enumerate(value):
-        here = f"{keypath}[{i}]"
-        if not (isinstance(rng, list) and len(rng) == 3 and all(_is_number(v) for v in rng)):
-            missing = (
-                " (the number of bins n is missing)"
-                if isinstance(rng, list) and len(rng) == 2
-                else ""
-            )
-            p.add(value, i, here, f"a bin range is [start, stop, n], got {_show(rng)}{missing}")
-            return None
-        start, stop, n = rng
-        if _as_int(n) is None:
-            p.add(value, i, here, f"the number of bins n must be a whole number, got {n!r}")
-            return None
-        if n <= 0:
-            p.add(value, i, here, f"the number of bins n must be > 0, got {_as_int(n)}")
-            return None
-        if start >= stop:
-            p.add(
-                value, i, here, f"start must be < stop, got start={_num(start)}, stop={_num(stop)}"
-            )
-            return None
-        if ranges and start != ranges[-1][1]:
-            prev = ranges[-1][1]
-            what = (
-                "overlaps the previous range"
-                if start < prev
-                else "leaves a gap after the previous range"
-            )
-            p.add(
-                value,
-                i,
-                here,
-                f"{what}: it starts at {_num(start)} but the previous range stops at "
-                f"{_num(prev)} (each range must start where the previous one stops)",
-            )
-            return None
-        ranges.append((float(start), float(stop), int(n)))
-    return tuple(ranges)
-
-
-def _check_target(value: Any) -> str | None:
-    if isinstance(value, str):
-        if value in TARGETS:
-            return None
-        suggestion = _suggest(value, TARGETS) or (
-            " (to target one class give its label number, e.g. 0)"
-            if _flavour(value, Flavours)
-            else ""
-        )
-        return (
-            f"must be one of {', '.join(TARGETS)}, a class label (integer) or a list of "
-            f"class labels, got '{value}'{suggestion}"
-        )
-    if not isinstance(value, list):
-        ok = _as_int(value) is not None and value >= 0
-        return None if ok else f"a class label is an integer >= 0, got {_show(value)}"
-    if not value or not all(_as_int(v) is not None and v >= 0 for v in value):
-        return (
-            "a list target must be a non-empty list of class labels (integers >= 0), "
-            f"got {to_plain(value)!r}"
-        )
-    return None
-
-
-RW_KEYS = ("group", "reweight_vars", "bins", "class_var", "class_target", "add_overflow")
-
-
-def _parse_rw_bins(
-    rw: _Reader, rw_vars: tuple[str, ...], p: _Problems
-) -> dict[str, tuple[tuple[float, float, int], ...]]:
-    """Bins of each reweight variable; a misspelt variable is reported once, not twice."""
-    bins_raw = rw.get("bins", dict, default=None, required=True)
-    if bins_raw is None:
-        return {}
-    written = rw.data.get("reweight_vars")
-    if not (isinstance(written, list) and len(written) == len(rw_vars)):
-        rw_vars = tuple(bins_raw)  # reweight_vars is broken (reported): just check the bins
-    extra = [k for k in bins_raw if k not in rw_vars]
-    missing = [v for v in rw_vars if v not in bins_raw]
-    bins = {}
-    for var in extra:
-        match = _closest(var, missing)
-        if match:
-            missing.remove(match)
-        p.add(
-            bins_raw,
-            var,
-            rw.sub(f"bins.{var}"),
-            f"bins for '{var}', which is not in "
-            f"reweight_vars{_suggest(var, [match] if match else rw_vars)}",
-        )
-    for var in missing:
-        p.add(bins_raw, None, rw.sub(f"bins.{var}"), f"reweight variable '{var}' has no bins")
-    for var in rw_vars:
-        if var in bins_raw:
-            parsed = _parse_bins(bins_raw[var], rw.sub(f"bins.{var}"), p, bins_raw, var)
-            if parsed is not None:
-                bins[var] = parsed
-    return bins
-
-
-def _parse_reweight(
-    item: Any,
-    kp: str,
-    p: _Problems,
-    items: Any,
-    i: int,
-    groups: Mapping[str, VariableGroup],
-    num_classes: int,
-) -> Reweight | None:
-    rw = _Reader(item, kp, p, items, i)
-    if not rw.ok:
-        return None
-    rw.check_keys(RW_KEYS)
-    group = rw.get("group", str, required=True)
-    if group is not None and groups and group not in groups:
-        p.add(
-            rw.data,
-            "group",
-            rw.sub("group"),
-            f"group '{group}' is not in variables{_suggest(group, groups)}",
-        )
-    rw_vars = rw.str_list("reweight_vars", required=True)
-    if isinstance(rw.data.get("reweight_vars"), list) and not rw.data["reweight_vars"]:
-        p.add(rw.data, "reweight_vars", rw.sub("reweight_vars"), "needs at least one variable")
-    bins = _parse_rw_bins(rw, rw_vars, p)
-    class_var = rw.get("class_var", str, required=True)
-    target = rw.get("class_target", (str, int, float, list), required=True, check=_check_target)
-    if isinstance(target, list | int | float) and class_var == "flavour_label" and num_classes:
-        bad = [t for t in (target if isinstance(target, list) else [target]) if t >= num_classes]
-        if bad:
-            p.add(
-                rw.data,
-                "class_target",
-                rw.sub("class_target"),
-                f"class label {bad[0]} does not exist: flavour_label runs from 0 to "
-                f"{num_classes - 1} (the flavours in order of the components)",
-            )
-            target = None
-    overflow = rw.get("add_overflow", bool, default=True)
-    if None in (group, class_var, target) or not rw_vars or set(bins) != set(rw_vars):
-        return None
-    if isinstance(target, list):
-        target = tuple(int(t) for t in target)
-    elif not isinstance(target, str):
-        target = int(target)
-    return Reweight(group, rw_vars, MappingProxyType(bins), class_var, target, overflow)
-
-
-def _parse_reweighting(
-    r: _Reader,
-    p: _Problems,
-    groups: Mapping[str, VariableGroup],
-    default_estimate: int,
-    num_classes: int,
-) -> Reweighting | None:
-    r.check_keys(("reweights", "num_jets_estimate", "merge_num_proc"))
-    estimate = r.get("num_jets_estimate", int, default=default_estimate, check=_positive)
-    nproc = r.get("merge_num_proc", int, default=1, check=_positive)
-    items = r.get("reweights", list, default=None, required=r.ok)
-    if items is not None and not items:
-        p.add(
-            r.data,
-            "reweights",
-            r.sub("reweights"),
-            "needs at least one reweight (or remove the reweighting section)",
-        )
-    out: list[Reweight] = []
-    first: dict[str, int] = {}
-    for i, item in enumerate(items or []):
-        kp = r.sub(f"reweights[{i}]")
-        parsed = _parse_reweight(item, kp, p, items, i, groups, num_classes)
-        if parsed is None:
-            continue
-        if parsed.name in first:
-            p.add(
-                items,
-                i,
-                kp,
-                f"duplicate reweight: reweights[{first[parsed.name]}] already "
-                f"produces '{parsed.name}'",
-            )
-            continue
-        first[parsed.name] = i
-        out.append(parsed)
-    return Reweighting(tuple(out), estimate, nproc)
 
 
 # --------------------------------------------------------------------------- the config
@@ -1070,7 +526,7 @@ _MISPLACED = {
 }
 
 
-def _check_top_level(data: Mapping[Any, Any], p: _Problems) -> set[str]:
+def _check_top_level(data: Mapping[Any, Any], p: Problems) -> set[str]:
     """Report misspelt and misplaced top-level keys; return the sections found misspelt.
 
     Other top-level keys are accepted: they hold anchors (``ttbar: &ttbar {...}``).
@@ -1078,7 +534,7 @@ def _check_top_level(data: Mapping[Any, Any], p: _Problems) -> set[str]:
     typos = set()
     for key in data:
         if not isinstance(key, str):
-            p.add(data, key, str(key), f"a section name must be a name, got {_describe(key)}")
+            p.add(data, key, str(key), f"a section name must be a name, got {describe(key)}")
         elif key in SECTIONS or key in IGNORED_SECTIONS:
             continue
         elif key in _MISPLACED:
@@ -1089,7 +545,7 @@ def _check_top_level(data: Mapping[Any, Any], p: _Problems) -> set[str]:
                 key,
                 f"'{key}' belongs in the '{owner}' section (indent it under '{owner}:')",
             )
-        elif match := _closest(key, SECTIONS, cutoff=0.75):
+        elif match := closest(key, SECTIONS, cutoff=0.75):
             p.add(data, key, key, f"unknown section (did you mean '{match}'?)")
             typos.add(match)
     for key in IGNORED_SECTIONS:
@@ -1112,21 +568,21 @@ def parse_config(data: Any, path: Path | str) -> Config:
     if data is None:
         raise ConfigError([f"{path}: the config is empty"])
     if not isinstance(data, dict):
-        file, line = _where(data, None, path)
+        file, line = position_of(data, None, path)
         raise ConfigError(
             [
                 f"{file}:{line or 1}: the config must be a mapping of sections "
-                f"({', '.join(SECTIONS)}), got {_describe(data)}"
+                f"({', '.join(SECTIONS)}), got {describe(data)}"
             ]
         )
-    p = _Problems(path, data)
-    data = _normalise_aliases(data, p)
+    p = Problems(path, data)
+    data = normalise_aliases(data, p)
     typos = _check_top_level(data, p)
 
-    def section(name: str, required: bool = True) -> _Reader:
+    def section(name: str, required: bool = True) -> Reader:
         if name not in data and required and name not in typos:
             p.add(data, None, name, "missing required section")
-        reader = _Reader(data.get(name, SourcedDict()), name, p, data, name)
+        reader = Reader(data.get(name, SourcedDict()), name, p, data, name)
         reader.ok = reader.ok and name in data
         return reader
 
@@ -1142,7 +598,7 @@ def parse_config(data: Any, path: Path | str) -> Config:
     reweighting = None
     if "reweighting" in data:
         num_classes = len({c.flavour.name for c in components})
-        reweighting = _parse_reweighting(
+        reweighting = parse_reweighting(
             section("reweighting"), p, variables, glob.num_jets_estimate, num_classes
         )
     if p.found:
