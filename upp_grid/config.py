@@ -60,6 +60,7 @@ from upp_grid.config_reader import (
     numeric_str,
     one_of,
     optional,
+    path_component,
     position_of,
     positive,
     suggest,
@@ -298,6 +299,9 @@ def _parse_variables(r: Reader, p: Problems, jets_name: str) -> dict[str, Variab
         if not isinstance(name, str):
             p.add(r.data, name, r.sub(name), f"a group name must be a name, got {describe(name)}")
             continue
+        if problem := path_component(name):
+            p.add(r.data, name, r.sub(name), f"group name {problem}")
+            continue
         g = Reader(spec, r.sub(name), p, r.data, name)
         g.check_keys(("inputs", "labels"), ignored=("selection",))
         inputs = g.str_list("inputs")
@@ -340,7 +344,7 @@ def _parse_global_cuts(r: Reader, p: Problems) -> dict[str, Cuts]:
 def _parse_region(data: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Region | None:
     r = Reader(data, keypath, p, parent, key)
     r.check_keys(("name", "cuts"))
-    name = r.get("name", str, required=r.ok)
+    name = r.get("name", str, required=r.ok, check=path_component)
     cuts = _parse_cuts(r.data.get("cuts"), r.sub("cuts"), p, r.data, "cuts")
     if name is None or cuts is None:
         return None
@@ -352,7 +356,7 @@ def _parse_sample(data: Any, keypath: str, p: Problems, parent: Any, key: Any) -
     r.check_keys(
         ("name", "pattern", "equal_jets"), ignored=("vds_dir", "skip_checks", "sample_weight")
     )
-    name = r.get("name", str, required=r.ok)
+    name = r.get("name", str, required=r.ok, check=path_component)
     patterns = r.str_list("pattern", required=r.ok, allow_str=True)
     equal = r.get("equal_jets", bool, default=False)
     if r.data.get("pattern") in ([], ""):
@@ -463,6 +467,15 @@ def _parse_components(data: Any, p: Problems, root: Any, labels: Any) -> tuple[C
     return tuple(out)
 
 
+MAX_SEED = 2**63  # numpy's SeedSequence takes any int >= 0; files record it as int64
+
+
+def _check_seed(value: int) -> str | None:
+    if 0 <= value < MAX_SEED:
+        return None
+    return f"must be a whole number from 0 to 2^63 - 1, got {value}"
+
+
 GLOBAL_KEYS = (
     "base_dir",
     "ntuple_dir",
@@ -500,7 +513,7 @@ def _parse_global(r: Reader, config_path: Path) -> GlobalConfig:
         ntuple_dir=path("ntuple_dir", "ntuples"),
         components_dir=path("components_dir", "split-components"),
         out_dir=path("out_dir", "output"),
-        jets_name=r.get("jets_name", str, default="jets"),
+        jets_name=r.get("jets_name", str, default="jets", check=path_component),
         batch_size=r.get("batch_size", int, default=100_000, check=positive),
         num_jets_estimate=r.get("num_jets_estimate", int, default=1_000_000, check=positive),
         num_jets_per_output_file=r.get(
@@ -509,7 +522,7 @@ def _parse_global(r: Reader, config_path: Path) -> GlobalConfig:
         precision=r.get("precision", str, default="half", check=one_of(PRECISIONS)),
         full_precision_vars=r.str_list("full_precision_vars") or DEFAULT_FULL_PRECISION_VARS,
         compression=compression or "none",
-        seed=r.get("seed", int, default=42),
+        seed=r.get("seed", int, default=42, check=_check_seed),
         class_category=r.get(
             "class_category", str, default="standard", check=one_of(("standard", "extended"))
         ),

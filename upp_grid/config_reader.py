@@ -324,3 +324,22 @@ def find_flavour(name: str, labels: Any) -> Label | None:
         return labels[name]
     except (KeyError, TypeError):
         return None
+
+
+def path_component(name: str) -> str | None:
+    """Why ``name`` cannot name a file or directory on its own, or None if it can.
+
+    Sample, region and group names become parts of output paths
+    (``<components_dir>/<sample>/...``, ``output_<split>_<region>_<sample>_<flavour>.h5``), so
+    a name with ``/``, ``..`` or a leading ``/`` would write outside the output directories.
+    """
+    if not name:
+        return "must not be empty"
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return (
+            f"'{name}' is used in file names and must not contain '/', '\\', a NUL or be "
+            "'.' or '..'"
+        )
+    if name != name.strip():
+        return f"'{name}' has leading or trailing spaces"
+    return None

@@ -8,6 +8,7 @@ long after ``check`` passed. Edges must be finite.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -38,6 +39,29 @@ if TYPE_CHECKING:
     from upp_grid.config import VariableGroup
 
 TARGETS = ("mean", "min", "max", "uniform")
+MAX_BINS = 10_000_000  # per reweight, overflow bins included
+BIN_BYTES_PER_CLASS = 16  # int64 counts and float64 weights of each class, per bin
+BIN_BYTES = 12  # float64 target and float32 lookup table, per bin
+
+
+def _too_many_bins(
+    bins: Mapping[str, tuple[tuple[float, float, int], ...]],
+    rw_vars: tuple[str, ...],
+    overflow: bool,
+    num_classes: int,
+) -> str | None:
+    """The problem with a reweight of more than :data:`MAX_BINS` bins, with its memory."""
+    shape = [sum(n for _, _, n in bins[v]) + 2 * overflow for v in rw_vars]
+    total = math.prod(shape)
+    if total <= MAX_BINS:
+        return None
+    classes = max(num_classes, 1)
+    need = total * (BIN_BYTES_PER_CLASS * classes + BIN_BYTES)
+    return (
+        f"{' x '.join(f'{n:,}' for n in shape)} = {total:,} bins (overflow included) is more "
+        f"than the {MAX_BINS:,} a reweight may have: its histograms would need about "
+        f"{need / 2**30:,.1f} GiB for {classes} classes"
+    )
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,23 @@ def _parse_bins(
             return None
         if n <= 0:
             p.add(value, i, here, f"the number of bins n must be > 0, got {as_int(n)}")
+            return None
+        if not (math.isfinite(start) and math.isfinite(stop)):
+            p.add(
+                value,
+                i,
+                here,
+                f"start and stop must be finite numbers, got {show(rng)} (overflow bins to "
+                "±inf are added by add_overflow)",
+            )
+            return None
+        if n > MAX_BINS:
+            p.add(
+                value,
+                i,
+                here,
+                f"{as_int(n):,} bins is more than the {MAX_BINS:,} a reweight may have",
+            )
             return None
         if start >= stop:
             p.add(
@@ -253,6 +294,9 @@ def _parse_reweight(
             target = None
     overflow = rw.get("add_overflow", bool, default=True)
     if None in (group, class_var, target) or not rw_vars or set(bins) != set(rw_vars):
+        return None
+    if too_many := _too_many_bins(bins, rw_vars, overflow, num_classes):
+        p.add(rw.data, "bins", rw.sub("bins"), too_many)
         return None
     if isinstance(target, list):
         target = tuple(int(t) for t in target)

@@ -12,6 +12,13 @@ Includes may be nested; a cycle (``a.yaml`` → ``b.yaml`` → ``a.yaml``) is an
 Besides invalid YAML (reported with its line), the loader rejects what PyYAML silently
 accepts: a key written twice in one mapping (keys brought in by a ``<<`` merge may be
 overridden, that is what merge keys are for) and keys that are not scalars.
+
+Resources are bounded before anything is built, so a hostile config is a one-line error in
+milliseconds, never an out-of-memory: a config file is at most :data:`MAX_CONFIG_BYTES`, its
+values nest at most :data:`MAX_DEPTH` deep, and with every alias (``*name``) expanded it holds
+at most :data:`MAX_EXPANDED_NODES` values (a "billion laughs" chain of anchors is caught by
+counting, not by expanding). Real configs are far below each: UPP's largest is 20 kB, 8 deep
+and a few thousand values expanded.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from upp_grid.errors import ConfigError
 # PyYAML (YAML 1.1) reads `2.5e5` or `20e3` as strings; physicists write them as numbers.
 _FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_CONFIG_BYTES = 1 << 20  # per file, includes each counted on their own
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_EXPANDED_NODES = 200_000  # values with every alias expanded, per file
 
 
 class SourcedDict(dict):
@@ -99,11 +109,46 @@ def _node_keypaths(root: yaml.Node, path: Path, prefix: str) -> dict[int, str]:
     return paths
 
 
+def _check_size(root: yaml.Node, path: Path) -> None:
+    """Reject a node graph that is too deep or too large once aliases are expanded.
+
+    The expanded size of each node is computed once (memoised by ``id``), so a chain of
+    anchors that would expand to 10^9 values costs as many steps as it has nodes.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if id(node) in sizes and not done:
+            continue
+        if depth > MAX_DEPTH:
+            raise ConfigError([f"{path}:{node.start_mark.line + 1}: values nested more than "
+                               f"{MAX_DEPTH} deep: not a preprocessing config"])
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if done:
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > MAX_EXPANDED_NODES:
+                raise ConfigError([f"{path}:{node.start_mark.line + 1}: with its aliases "
+                                   f"(*name) expanded the config holds more than "
+                                   f"{MAX_EXPANDED_NODES:,} values: an anchor chain that "
+                                   "multiplies (a YAML bomb?)"])
+            sizes[id(node)] = total
+            continue
+        sizes[id(node)] = 0  # visiting; a cycle (not possible in YAML aliases) counts once
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+
+
 def _make_loader(path: Path, stack: tuple[Path, ...], prefix: str) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
         keypaths: dict[int, str]
 
         def construct_document(self, node: yaml.Node) -> Any:
+            _check_size(node, path)
             self.keypaths = _node_keypaths(node, path, prefix)
             return super().construct_document(node)
 
@@ -204,6 +249,10 @@ def load_yaml(path: Path | str, stack: tuple[Path, ...] | None = None, prefix: s
     path = Path(path)
     stack = stack or (path.resolve(),)
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: config file is {size:,} bytes, more than the "
+                               f"{MAX_CONFIG_BYTES:,} a config may have"])
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
@@ -219,6 +268,9 @@ def load_yaml(path: Path | str, stack: tuple[Path, ...] | None = None, prefix: s
         raise ConfigError([f"{where}: invalid YAML: {_yaml_problem(err)}"]) from None
     except yaml.YAMLError as err:
         raise ConfigError([f"{path}: invalid YAML: {' '.join(str(err).split())}"]) from None
+    except RecursionError:  # PyYAML's composer recurses per level, before _check_size
+        raise ConfigError([f"{path}: values nested more than {MAX_DEPTH} deep: "
+                           "not a preprocessing config"]) from None
 
 
 def to_plain(obj: Any) -> Any:

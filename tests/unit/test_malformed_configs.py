@@ -70,3 +70,42 @@ def test_verbose_after_the_subcommand_lets_the_error_through(
 ) -> None:
     with pytest.raises(ConfigError, match="unknown flavour 'bjet'"):
         run_main(["check", "-c", str(MALFORMED / "unknown_flavour.yaml"), "-v"], capsys)
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB of address space
+
+
+@pytest.mark.parametrize("name", ["yaml_bomb.yaml", "deep_nesting.yaml", "bins_billion.yaml"])
+def test_a_hostile_config_is_refused_within_bounded_memory(name: str, tmp_path: Path) -> None:
+    """A 0.6 kB anchor chain expands to 10^11 values: refused by counting, not by expanding;
+    1e9 bins are refused before any array is made. Under 1 GiB of address space the process
+    would die (MemoryError, signal) if it tried; it must exit 1 with the one line instead."""
+    import subprocess
+    import sys
+
+    path = MALFORMED / name
+    result = subprocess.run(
+        [sys.executable, "-m", "upp_grid", "check", "-c", str(path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, preexec_fn=_limit_memory,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert expected(path) in result.stderr
+
+
+def test_a_config_of_a_million_lines_is_refused_by_its_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text((MALFORMED / "bins_gap.yaml").read_text() + "# padding\n" * 1_000_000)
+
+    code, _, err = run_main(["check", "-c", str(path)], capsys)
+
+    assert code == 1
+    assert err.strip() == (f"upp-grid: error: {path}: config file is {path.stat().st_size:,} "
+                           "bytes, more than the 1,048,576 a config may have")
