@@ -38,7 +38,8 @@ import common
 import yaml
 
 from upp_grid.config import Config, load_config
-from upp_grid.stages.weights import WeightsReport, report_path, weights_stage
+from upp_grid.stages.weights import report_path, weights_stage
+from upp_grid.stages.weights_report import WeightsReport
 
 UPP_HIST_RW7_S = 2.4
 UPP_STAGE_ONE_S = 3.0

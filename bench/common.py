@@ -186,6 +186,8 @@ def write_config(base_dir: Path, data: dict[str, Any], name: str = "config.yaml"
     """``data`` with ``global.base_dir`` = ``base_dir`` (and the ``global_`` settings) written to
     ``<base_dir>/<name>``."""
     data["global"].update(base_dir=str(base_dir), **global_)
+    if "reweighting" in data:  # the benches time the stages; smoke inputs leave bins empty
+        data["reweighting"].setdefault("max_zero_weight_fraction", 1.0)
     base_dir.mkdir(parents=True, exist_ok=True)
     path = base_dir / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))

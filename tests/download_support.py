@@ -51,6 +51,7 @@ def write_config(base_dir: Path, ntuple_dir: Path, samples: dict[str, str] | Non
     data = yaml.safe_load(bundled_config_text())
     data["global"]["base_dir"] = str(base_dir)
     data["global"]["ntuple_dir"] = str(ntuple_dir)
+    data["reweighting"]["max_zero_weight_fraction"] = 1.0  # zero weights: test_weights.py
     for component in data["components"]:
         component["flavours"] = list(FLAVOURS)
     if samples is not None:

@@ -102,6 +102,7 @@ def make_project(base: Path, *, jets: int = 4000, files: int = 4, seed: int = 7,
         relabel_containers(base / "ntuples", label)
     data = yaml.safe_load(bundled_config_text())
     data["global"]["base_dir"] = str(base)
+    data["reweighting"]["max_zero_weight_fraction"] = 1.0  # zero weights: test_weights.py
     config = base / "config.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     env = clean_env(UPP_GRID_ENV=str(env_dir or linked_env(base)), HOME=str(base))

@@ -402,8 +402,9 @@ def replicate_cmd(config_path: Path | None, state: Path | None, tag: str, rse: s
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("upp-grid-demo"), show_default=True,
               help="Where the mock ntuples and all outputs go.")
-@click.option("--jets", "num_jets", default=200_000, show_default=True, type=click.IntRange(1000),
-              help="Mock jets to generate.")
+@click.option("--jets", "num_jets", default=200_000, show_default=True,
+              type=click.IntRange(50_000),
+              help="Mock jets to generate (fewer leave the demo's reweighting bins empty).")
 @click.option("--seed", default=42, show_default=True, type=int)
 def demo_cmd(workdir: Path, num_jets: int, seed: int) -> None:
     """Make mock data in WORKDIR and run every stage on the bundled demo config."""

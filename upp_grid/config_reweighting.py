@@ -100,6 +100,8 @@ class Reweighting:
     reweights: tuple[Reweight, ...]
     num_jets_estimate: int
     merge_num_proc: int = 1
+    # the weights stage fails when a class has more of its train jets at weight 0
+    max_zero_weight_fraction: float = 0.01
 
 
 # --------------------------------------------------------------------------- reweighting
@@ -312,9 +314,12 @@ def parse_reweighting(
     default_estimate: int,
     num_classes: int,
 ) -> Reweighting | None:
-    r.check_keys(("reweights", "num_jets_estimate", "merge_num_proc"))
+    r.check_keys(("reweights", "num_jets_estimate", "merge_num_proc", "max_zero_weight_fraction"))
     estimate = r.get("num_jets_estimate", int, default=default_estimate, check=positive)
     nproc = r.get("merge_num_proc", int, default=1, check=positive)
+    max_zero = r.get(
+        "max_zero_weight_fraction", (int, float), default=0.01, check=_fraction
+    )
     items = r.get("reweights", list, default=None, required=r.ok)
     if items is not None and not items:
         p.add(
@@ -341,4 +346,10 @@ def parse_reweighting(
             continue
         first[parsed.name] = i
         out.append(parsed)
-    return Reweighting(tuple(out), estimate, nproc)
+    return Reweighting(tuple(out), estimate, nproc, float(max_zero))
+
+
+def _fraction(value: float) -> str | None:
+    if 0 <= value <= 1:
+        return None
+    return f"must be a fraction from 0 to 1 (0.01 is 1 %), got {show(value)}"

@@ -106,30 +106,40 @@ def print_split_summary(config: Config, summary, cat) -> None:
 
 
 if TYPE_CHECKING:
-    from upp_grid.stages.weights import WeightsReport
+    from upp_grid.stages.weights_report import WeightsReport
 
 
-def print_weights_report(report: WeightsReport) -> None:
-    """Per reweight: bins populated/zeroed/empty, flatness, and per class entries and weights.
-
-    Entries are jets (jet groups) or valid tracks (track groups). ``zeroed`` entries are in
-    bins where another class is empty; ``out of range`` entries have no bin (no overflow).
-    """
+def print_weights_tables(report: WeightsReport) -> None:
+    """One table per reweight: its bins, and per class the entries, zero weights and weights."""
     con = _console()
     for rw in report.reweights:
         title = (f"{rw.name}: {rw.populated_bins:,} populated / {rw.zeroed_bins:,} zeroed / "
                  f"{rw.empty_bins:,} empty of {rw.bins:,} bins, "
                  f"flatness 1 ± {rw.flatness_max_deviation:.1e}")
         table = Table(title=title, title_justify="left")
-        for col in (rw.class_var, "entries", "populated", "zeroed", "out of range",
-                    "weight min", "median", "max"):
+        for col in (rw.class_var, "entries", "populated", "zeroed", "out of range", "NaN",
+                    "weight 0", "weight min", "median", "max"):
             table.add_column(col, justify="left" if col == rw.class_var else "right")
         for c in rw.classes:
+            share = f"{100 * c.zero_fraction:.2f} %"
             table.add_row(f"{c.label} {c.name}" if c.name != str(c.label) else c.name,
                           f"{c.entries:,}", f"{c.populated:,}", f"{c.zeroed:,}",
-                          f"{c.out_of_range:,}", f"{c.weight_min:.4g}",
-                          f"{c.weight_median:.4g}", f"{c.weight_max:.4g}")
+                          f"{c.out_of_range:,}", f"{c.nan:,}",
+                          share if c.zero_fraction < 0.001 else f"[yellow]{share}",
+                          f"{c.weight_min:.4g}", f"{c.weight_median:.4g}",
+                          f"{c.weight_max:.4g}")
         con.print(table)
+
+
+def print_weights_report(report: WeightsReport) -> None:
+    """Per reweight: bins populated/zeroed/empty, flatness, and per class entries and weights.
+
+    Entries are jets (jet groups) or valid tracks (track groups). ``zeroed`` entries are in
+    bins where another class is empty; ``out of range`` entries have no bin (no overflow);
+    ``NaN`` entries have NaN in a reweight variable; ``weight 0`` is the share of all three.
+    """
+    con = _console()
+    print_weights_tables(report)
     t = report.timings
     sampled = sum(f.jets for files in report.sample.values() for f in files)
     con.print(f"histogrammed {sampled:,} train jets in {t.histogram_s:.2f} s; stage "
@@ -192,6 +202,8 @@ def print_norm_result(result: NormResult) -> None:
 def print_run_summary(config: Config, summary: RunSummary) -> None:
     """The end of ``run``: jets in/out per split and flavour, files, time per stage."""
     con = _console()
+    if summary.weights is not None:
+        print_weights_tables(summary.weights)
     con.print(_in_out_table("run: jets per flavour (catalogue in, merged out)",
                             config.flavour_names, summary.jets_in, summary.jets_out, SPLITS))
     files = Table(title="files written", title_justify="left")

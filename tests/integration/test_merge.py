@@ -53,7 +53,8 @@ def write_config(base: Path, name: str, **global_: Any) -> Config:
     data["global"].update({"base_dir": str(base), "out_dir": f"out-{name}",
                            "num_jets_per_output_file": PER_FILE, **global_})
     data["reweighting"] = {"num_jets_estimate": 10**7, "merge_num_proc": 2,
-                           "reweights": [JETS_RW, TRACKS_RW]}
+                           "reweights": [JETS_RW, TRACKS_RW],
+                           "max_zero_weight_fraction": 1.0}  # zero weights: test_weights.py
     path = base / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return load_config(path)

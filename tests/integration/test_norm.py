@@ -31,6 +31,7 @@ def write_config(base: Path, per_file: int = 4_000, out: str = "output") -> Conf
     """The demo config on ``base``, several train files, a small batch size."""
     data = to_plain(load_yaml(REPO / "configs" / "demo.yaml"))
     data["global"].update(base_dir=str(base), num_jets_per_output_file=per_file, out_dir=out)
+    data["reweighting"]["max_zero_weight_fraction"] = 1.0  # zero weights: test_weights.py
     path = base / f"{out}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return load_config(path)

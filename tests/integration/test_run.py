@@ -32,13 +32,13 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def integration(tmp_path: Path) -> Path:
-    """UPP's reweighting integration-test config, as shipped, next to 12k mock jets.
+    """UPP's reweighting integration-test config, as shipped, next to 100k mock jets.
 
     Its ``base_dir`` is ``.``: relative to the working directory, as in UPP.
     """
     shutil.copy(REPO / "configs" / "upp-rw-integration.yaml", tmp_path)
     shutil.copytree(REPO / "configs" / "includes", tmp_path / "includes")
-    make_mock(tmp_path / "ntuples", num_jets=12_000, num_files=3, seed=1)
+    make_mock(tmp_path / "ntuples", num_jets=100_000, num_files=3, seed=1)
     return tmp_path
 
 
@@ -118,7 +118,7 @@ def test_a_rerun_after_a_crash_finishes_the_job(integration: Path) -> None:
 
 
 def test_demo_runs_the_whole_chain(tmp_path: Path) -> None:
-    run = cli("demo", "--workdir", str(tmp_path / "demo"), "--jets", "5000", cwd=tmp_path)
+    run = cli("demo", "--workdir", str(tmp_path / "demo"), "--jets", "50000", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert_complete(tmp_path / "demo" / "output",
                     tmp_path / "demo" / "split-components" / "organised-components.yaml")

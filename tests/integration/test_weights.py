@@ -28,13 +28,11 @@ from upp_grid.errors import UppGridError
 from upp_grid.mock import make_mock
 from upp_grid.stages import plots
 from upp_grid.stages.catalogue import read_catalogue
+from upp_grid.stages.histograms import compute_weights, flat_bins, load_histograms
 from upp_grid.stages.split_local import split_stage
 from upp_grid.stages.weights import (
     compute_histograms,
-    compute_weights,
-    flat_bins,
     histograms_path,
-    load_histograms,
     report_path,
     sample_jets,
     weights_stage,
@@ -68,12 +66,19 @@ def split_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(base: Path, name: str, reweights: list[dict], estimate: int = 10**7,
-                 seed: int = 42, source: Path = REPO / "configs" / "demo.yaml") -> Config:
-    """The demo config with these reweights; split outputs shared, outputs in ``name``."""
+                 seed: int = 42, source: Path = REPO / "configs" / "demo.yaml",
+                 max_zero: float | None = 1.0) -> Config:
+    """The demo config with these reweights; split outputs shared, outputs in ``name``.
+
+    ``max_zero``: ``reweighting.max_zero_weight_fraction`` (None: the default). 20k mock jets
+    leave bins empty; only the zero-weight tests keep the default limit.
+    """
     data = to_plain(load_yaml(source))
     data["global"].update(base_dir=str(base), ntuple_dir="ntuples", seed=seed,
                           components_dir=f"split-{source.stem}", out_dir=f"out-{name}")
     data["reweighting"] = {"num_jets_estimate": estimate, "reweights": reweights}
+    if max_zero is not None:
+        data["reweighting"]["max_zero_weight_fraction"] = max_zero
     path = base / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return load_config(path)
@@ -550,15 +555,9 @@ def test_upps_reweight_integration_list_runs_flat(split_demo: Path):
     for rw in report.reweights:
         assert rw.flatness_max_deviation <= 1e-6
         assert rw.populated_bins > 0
-    assert all(sum(f.jets for f in files) == 200 for files in report.sample.values())
-
-
-def test_demo_runs_the_weights_stage(tmp_path: Path):
-    result = cli("demo", "--workdir", str(tmp_path), "--jets", "3000")
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "output" / "histograms.h5").exists()
-    report = yaml.safe_load((tmp_path / "output" / "weights-report.yaml").read_text())
-    assert report["reweights"][0]["flatness_max_deviation"] <= 1e-6
+    # the config samples up to 1M jets per flavour: all of the 20k here
+    assert report.available == {fl: sum(f.jets for f in files)
+                                for fl, files in report.sample.items()}
 
 
 def test_processes_and_a_single_process_give_the_same_histograms(split_demo: Path):
@@ -569,3 +568,65 @@ def test_processes_and_a_single_process_give_the_same_histograms(split_demo: Pat
         results.append(load_histograms(histograms_path(config)))
     for name, h in results[0].items():
         assert all(np.array_equal(h.hists[c], results[1][name].hists[c]) for c in h.classes)
+
+
+# ----------------------------------------------------------------------------- zero weights
+FINE = {"pt_btagJes": [[20_000, 250_000, 100], [250_000, 6_000_000, 100]],
+        "eta_btagJes": [[-2.5, 2.5, 40]]}
+
+
+def test_a_config_zeroing_most_jets_fails_naming_the_reweight_class_and_cause(
+        split_demo: Path):
+    config = write_config(split_demo, "zero-fine", [jets_reweight(bins=FINE)], estimate=200,
+                          max_zero=None)
+
+    result = cli("weights", "-c", str(config.path), "--no-plots")
+
+    lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 1
+    assert len(lines) == 1, result.stderr
+    name = config.reweighting.reweights[0].name
+    assert lines[0].startswith(f"upp-grid: error: reweight {name}: ")
+    assert "train jets get weight 0 (limit 1 %, reweighting.max_zero_weight_fraction)" in lines[0]
+    assert "too few jets per class for the number of bins (200 sampled per class)" in lines[0]
+    assert "raise reweighting.num_jets_estimate (e.g. to " in lines[0]
+    assert not histograms_path(config).exists()  # nothing for merge to use
+    report = yaml.safe_load(report_path(config).read_text())  # the report stays, to look at
+    worst = max(c["zero_fraction"] for c in report["reweights"][0]["classes"])
+    assert worst > 0.9
+    assert f"{100 * worst:.3g} % of the" in lines[0]
+
+
+def test_zero_weights_with_all_jets_histogrammed_suggest_fewer_bins(split_demo: Path):
+    config = write_config(split_demo, "zero-all", [jets_reweight(bins=FINE)], max_zero=None)
+
+    with pytest.raises(UppGridError, match=r"every train jet is already histogrammed .*use "
+                       "fewer or wider bins"):
+        weights_stage(config, plots=False)
+
+
+def test_the_limit_is_configurable_and_a_tenth_of_it_warns(
+        split_demo: Path, caplog: pytest.LogCaptureFixture):
+    config = write_config(split_demo, "zero-allowed", [jets_reweight(bins=FINE)], max_zero=1)
+
+    with caplog.at_level(logging.WARNING, logger="upp_grid"):
+        report, _ = weights_stage(config, plots=False)
+
+    worst = report.reweights[0].worst
+    assert 0.1 < worst.zero_fraction <= 1
+    assert worst.zero_weight == worst.zeroed + worst.out_of_range + worst.nan
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("get weight 0 (limit 100 %" in w for w in warnings)
+    assert histograms_path(config).is_file()
+
+
+@pytest.mark.parametrize("jets", [50_000, 200_000])  # the smallest and the default demo
+def test_the_demo_gives_sane_weights(tmp_path: Path, jets: int):
+    result = cli("demo", "--workdir", str(tmp_path), "--jets", str(jets))
+
+    assert result.returncode == 0, result.stderr
+    report = yaml.safe_load((tmp_path / "output" / "weights-report.yaml").read_text())
+    fractions = [c["zero_fraction"] for c in report["reweights"][0]["classes"]]
+    assert len(fractions) == 4
+    assert max(fractions) < (0.01 if jets < 200_000 else 0.001)
+    assert "weight 0" in result.stdout  # the weights table is printed

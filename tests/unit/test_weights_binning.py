@@ -9,13 +9,11 @@ import pytest
 
 from upp_grid.config import Reweight
 from upp_grid.errors import UppGridError
+from upp_grid.stages.histograms import ReweightHists, compute_weights, flat_bins
 from upp_grid.stages.weights import (
     FlatnessError,
-    ReweightHists,
     build_hists,
     check_flatness,
-    compute_weights,
-    flat_bins,
     make_target,
     make_weights,
 )

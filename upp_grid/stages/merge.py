@@ -83,6 +83,12 @@ from upp_grid.h5io import (
 )
 from upp_grid.inputs import FLAVOUR_LABEL
 from upp_grid.stages.catalogue import Catalogue, read_catalogue
+from upp_grid.stages.histograms import (
+    ReweightHists,
+    compute_weights,
+    content_hash,
+    load_histograms,
+)
 from upp_grid.stages.normalise import (
     STATS_ATTR,
     NormSpec,
@@ -91,12 +97,7 @@ from upp_grid.stages.normalise import (
     norm_spec,
     stats_attr,
 )
-from upp_grid.stages.weights import (
-    ReweightHists,
-    compute_weights,
-    histograms_path,
-    load_histograms,
-)
+from upp_grid.stages.weights import histograms_path
 
 log = logging.getLogger(__name__)
 
@@ -361,20 +362,6 @@ def _plan_digest(config: Config, split: str, sources: Sequence[Source],
 def _stat(path: str) -> list[int]:
     st = Path(path).stat()
     return [st.st_size, st.st_mtime_ns]
-
-
-def histogram_digest(hists: Mapping[str, ReweightHists]) -> str:
-    """Content hash of the reweights' edges and weights (not of the file's bytes)."""
-    h = hashlib.sha256()
-    for name in sorted(hists):
-        rh = hists[name]
-        h.update(name.encode())
-        for e in rh.edges:
-            h.update(np.ascontiguousarray(e, dtype=np.float64).tobytes())
-        for c in rh.classes:
-            h.update(str(c).encode())
-            h.update(np.ascontiguousarray(rh.weights[c], dtype=np.float64).tobytes())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- pass 1: route
@@ -905,7 +892,7 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 def _merge(config: Config, splits: Sequence[str], advance: Progress) -> list[SplitResult]:
     cat = read_catalogue(config)
     hists = load_reweights(config)
-    digest = histogram_digest(hists)
+    digest = content_hash(hists)
     jobs, done = [], []
     for split in splits:
         job = _prepare(config, cat, split, hists, digest)

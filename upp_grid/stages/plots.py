@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from upp_grid.stages.weights import ReweightHists
+    from upp_grid.stages.histograms import ReweightHists
 
 DPI = 80
 PNG_COMPRESS_LEVEL = 1  # zlib level: 1 encodes in half the time of 6, files ~10 % larger

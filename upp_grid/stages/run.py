@@ -27,6 +27,7 @@ from upp_grid.stages.merge import MergeSummary, merge_stage, merge_work
 from upp_grid.stages.normalise import NormResult, norm_stage
 from upp_grid.stages.split_local import SplitSummary, split_stage
 from upp_grid.stages.weights import PendingPlots, planned_jets, weights_stage
+from upp_grid.stages.weights_report import WeightsReport
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class RunSummary:
     split_skipped: int  # inputs already split by an earlier run
     merge_reused: Mapping[str, int]  # output files kept from an earlier run
     plots: tuple[Path, ...] = ()  # the weights plots written
+    weights: WeightsReport | None = None  # the weights stage's report
 
     @property
     def seconds(self) -> float:
@@ -90,8 +92,7 @@ def after_split(config: Config, cat: Catalogue, plots: bool = True,
         if pending.planned:
             _timed(done, "plots (wait)", lambda: _wait_plots(pending, bar))
     report = pending.report
-    return _summary(cat, merged, norm, report.histograms, tuple(done), split_skipped,
-                    report.plots)
+    return _summary(cat, merged, norm, report, tuple(done), split_skipped)
 
 
 def _timed(timings: list[StageTime], name: str, fn: Callable[[], T]) -> T:
@@ -127,14 +128,14 @@ def _norm(config: Config, weighted: bool, bar: ProgressBar, train_jets: int) -> 
         return norm_stage(config, weighted=weighted, progress=advance)
 
 
-def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult, histograms: Path,
-             timings: tuple[StageTime, ...], skipped: int, plots: tuple[Path, ...]
-             ) -> RunSummary:
+def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult, weights: WeightsReport,
+             timings: tuple[StageTime, ...], skipped: int) -> RunSummary:
     by_split = {r.split: r for r in merged.results}
     return RunSummary(
         jets_in={s: dict(cat.num_jets[s]) for s in SPLITS},
         jets_out={s: dict(by_split[s].jets_out) for s in SPLITS},
         files={s: tuple(f.path for f in by_split[s].files) for s in SPLITS},
         vds={s: by_split[s].vds for s in SPLITS},
-        norm=norm, histograms=histograms, timings=timings, split_skipped=skipped,
-        merge_reused={s: by_split[s].reused for s in SPLITS}, plots=plots)
+        norm=norm, histograms=weights.histograms, timings=timings, split_skipped=skipped,
+        merge_reused={s: by_split[s].reused for s in SPLITS}, plots=weights.plots,
+        weights=weights)

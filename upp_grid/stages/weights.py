@@ -65,7 +65,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -80,8 +80,20 @@ from upp_grid.config import Config, Reweight
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
 from upp_grid.h5io import batch_ranges, dataset, open_input
 from upp_grid.stages.catalogue import Catalogue, catalogue_path, read_catalogue
+from upp_grid.stages.histograms import ReweightHists, flat_bins, write_histograms
 from upp_grid.stages.plot_process import PlotProcess
 from upp_grid.stages.plots import PlotData, PlotJob, plan_jobs
+from upp_grid.stages.weights_report import (
+    ReweightReport,
+    SampledFile,
+    Timings,
+    WeightsReport,
+    ZeroWeightError,
+    class_names,
+    summarise,
+    write_report,
+    zero_weight_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,89 +105,11 @@ READ_ENTRIES = 2_000_000  # entries (jets x tracks) per read, to bound memory
 SPARSE_FRACTION = 0.1  # read samples below this fraction of a file's rows by point selection
 DENSE_COUNTS = 1 << 24  # class span x bins above this: classes found via np.unique
 MAX_WORKERS = 4  # processes for the read pass (it is bound by decompression)
-VLEN_STR = h5py.special_dtype(vlen=str)
 Progress = Callable[[int], None]
 
 
 class FlatnessError(UppGridError):
     """The weighted classes do not reproduce the target: the weights are wrong."""
-
-
-# --------------------------------------------------------------------------- the interface
-@dataclass(frozen=True)
-class ReweightHists:
-    """Histograms, target and per-bin weights of one reweight (see the module docstring)."""
-
-    reweight: Reweight
-    edges: tuple[np.ndarray, ...]
-    classes: tuple[int, ...]
-    hists: Mapping[int, np.ndarray]
-    target: np.ndarray
-    weights: Mapping[int, np.ndarray]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(len(e) - 1 for e in self.edges)
-
-    @property
-    def populated(self) -> np.ndarray:
-        """Bins where every class has entries (the bins with non-zero weights)."""
-        return np.logical_and.reduce([self.hists[c] > 0 for c in self.classes])
-
-    @cached_property
-    def table(self) -> np.ndarray:
-        """float32 lookup ``[class_index, flat_bin]``; an extra row and column of zeros serve
-        unknown classes and entries with no bin."""
-        n_bins = int(np.prod(self.shape))
-        out = np.zeros((len(self.classes) + 1, n_bins + 1), dtype=np.float32)
-        for i, c in enumerate(self.classes):
-            out[i, :n_bins] = self.weights[c].ravel()
-        return out
-
-
-def flat_bins(edges: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> np.ndarray:
-    """Flat (C-order) bin of each entry over ``edges``; -1 where it has no bin."""
-    shape = tuple(len(e) - 1 for e in edges)
-    ok = np.ones(len(values[0]), dtype=bool)
-    index = []
-    for e, x, n in zip(edges, values, shape, strict=True):
-        i = np.searchsorted(e, x, side="right") - 1
-        ok &= (i >= 0) & (i < n)
-        index.append(i)
-    flat = np.ravel_multi_index(index, shape, mode="clip")
-    flat[~ok] = -1
-    return flat
-
-
-def _class_index(classes: Sequence[int], values: np.ndarray) -> np.ndarray:
-    """Index of each value in ``classes`` (sorted); ``len(classes)`` for unknown values."""
-    known = np.asarray(classes, dtype=np.int64)
-    idx = np.searchsorted(known, values)
-    hit = idx < len(known)
-    hit[hit] = known[idx[hit]] == values[hit]
-    return np.where(hit, idx, len(known))
-
-
-def compute_weights(h: ReweightHists, rows: np.ndarray) -> np.ndarray:
-    """float32 weights of ``rows`` (1-D jets or 2-D ``(n, n_tracks)`` with ``valid``).
-
-    0 for invalid track entries, for classes not in ``h.classes`` and for values with no bin.
-    """
-    rw = h.reweight
-    out = np.zeros(rows.shape, dtype=np.float32)
-    mask = rows["valid"] if "valid" in (rows.dtype.names or ()) else None
-    entries = rows[mask] if mask is not None else rows.reshape(-1)
-    if not len(entries):
-        return out
-    flat = flat_bins(h.edges, [entries[v] for v in rw.reweight_vars])
-    n_bins = h.table.shape[1] - 1
-    cls = _class_index(h.classes, entries[rw.class_var].astype(np.int64))
-    w = h.table[cls, np.where(flat < 0, n_bins, flat)]
-    if mask is not None:
-        out[mask] = w
-    else:
-        out[...] = w.reshape(rows.shape)
-    return out
 
 
 def histograms_path(config: Config) -> Path:
@@ -278,33 +212,41 @@ class Counts:
 
     spec: HistSpec
     bins: dict[int, np.ndarray] = field(default_factory=dict)
-    out_of_range: dict[int, int] = field(default_factory=dict)
+    out_of_range: dict[int, int] = field(default_factory=dict)  # finite or ±inf, no bin
+    nan: dict[int, int] = field(default_factory=dict)  # NaN in a reweight variable: no bin
 
     def add(self, entries: np.ndarray) -> None:
         if not len(entries):
             return
-        flat = flat_bins(self.spec.edge_arrays, [entries[v] for v in self.spec.variables])
+        values = [entries[v] for v in self.spec.variables]
+        flat = flat_bins(self.spec.edge_arrays, values)
         nb = self.spec.n_bins
         flat[flat < 0] = nb
-        classes, code = _class_codes(_integer_classes(entries, self.spec), nb + 1)
-        counts = np.bincount(code * (nb + 1) + flat, minlength=len(classes) * (nb + 1))
-        for c, row in zip(classes.tolist(), counts.reshape(len(classes), nb + 1), strict=True):
+        for x in values:
+            if x.dtype.kind == "f":
+                flat[np.isnan(x)] = nb + 1
+        classes, code = _class_codes(_integer_classes(entries, self.spec), nb + 2)
+        counts = np.bincount(code * (nb + 2) + flat, minlength=len(classes) * (nb + 2))
+        for c, row in zip(classes.tolist(), counts.reshape(len(classes), nb + 2), strict=True):
             if not row.any():
                 continue
             if c not in self.bins:
                 self.bins[c] = np.zeros(nb, dtype=np.int64)
-                self.out_of_range[c] = 0
+                self.out_of_range[c] = self.nan[c] = 0
             self.bins[c] += row[:nb]
             self.out_of_range[c] += int(row[nb])
+            self.nan[c] += int(row[nb + 1])
 
     def merge(self, other: Counts) -> None:
         for c, bins in other.bins.items():
             if c in self.bins:
                 self.bins[c] += bins
                 self.out_of_range[c] += other.out_of_range[c]
+                self.nan[c] += other.nan[c]
             else:
                 self.bins[c] = bins.copy()
                 self.out_of_range[c] = other.out_of_range[c]
+                self.nan[c] = other.nan[c]
 
 
 def _integer_classes(entries: np.ndarray, spec: HistSpec) -> np.ndarray:
@@ -504,210 +446,6 @@ def check_flatness(h: ReweightHists) -> float:
     return worst
 
 
-# --------------------------------------------------------------------------- histograms.h5
-def write_histograms(path: Path, hists: Sequence[ReweightHists],
-                     attrs: Mapping[str, Any]) -> None:
-    """Write ``histograms.h5`` in UPP's layout, atomically (temporary file + rename).
-
-    ``/<group>/<name>/{bins/bin_i, rw_vars, class_var, weights/<class>}`` exactly as UPP's
-    ``Reweight.save_weights_hdf5`` (float64 edges and weights, vlen-str names), plus
-    ``hists/<class>`` (int64 counts), ``target`` (float64) and the reweight as a JSON attr.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            for h in hists:
-                _write_reweight(f.require_group(h.reweight.group), h)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_reweight(parent: h5py.Group, h: ReweightHists) -> None:
-    rw = h.reweight
-    g = parent.create_group(rw.name)
-    g.attrs["reweight"] = json.dumps(_reweight_dict(rw))
-    bins = g.create_group("bins")
-    for i, e in enumerate(h.edges):
-        bins.create_dataset(f"bin_{i}", data=np.asarray(e, dtype=np.float64))
-    g.create_dataset("rw_vars", data=np.array(rw.reweight_vars, dtype=VLEN_STR))
-    g.create_dataset("class_var", data=np.array([rw.class_var], dtype=VLEN_STR))
-    for name, per_class in (("weights", h.weights), ("hists", h.hists)):
-        sub = g.create_group(name)
-        for c in h.classes:
-            sub.create_dataset(str(c), data=per_class[c])
-    g.create_dataset("target", data=h.target)
-
-
-def _reweight_dict(rw: Reweight) -> dict[str, Any]:
-    return {"group": rw.group, "reweight_vars": list(rw.reweight_vars),
-            "bins": {v: [list(r) for r in rw.bins[v]] for v in rw.reweight_vars},
-            "class_var": rw.class_var,
-            "class_target": list(rw.class_target) if isinstance(rw.class_target, tuple)
-            else rw.class_target,
-            "add_overflow": rw.add_overflow}
-
-
-def _reweight_from(data: Mapping[str, Any]) -> Reweight:
-    target = data["class_target"]
-    bins = {v: tuple((float(a), float(b), int(n)) for a, b, n in r)
-            for v, r in data["bins"].items()}
-    return Reweight(data["group"], tuple(data["reweight_vars"]), MappingProxyType(bins),
-                    data["class_var"], tuple(target) if isinstance(target, list) else target,
-                    bool(data["add_overflow"]))
-
-
-def load_histograms(path: Path) -> dict[str, ReweightHists]:
-    """Read a ``histograms.h5`` written by :func:`write_histograms`, keyed by reweight name."""
-    out = {}
-    with open_input(Path(path)) as f:
-        for group in f:
-            for name in f[group]:
-                out[name] = _read_reweight(f[group][name], path)
-    return out
-
-
-def _read_reweight(g: h5py.Group, path: Path) -> ReweightHists:
-    if "reweight" not in g.attrs:
-        raise InputError(f"{path}: {g.name} has no 'reweight' attribute (not written by "
-                         "upp-grid weights)")
-    rw = _reweight_from(json.loads(g.attrs["reweight"]))
-    edges = tuple(g["bins"][f"bin_{i}"][:] for i in range(len(g["bins"])))
-    classes = tuple(sorted(int(c) for c in g["weights"]))
-    hists = {c: g["hists"][str(c)][:] for c in classes}
-    weights = {c: g["weights"][str(c)][:] for c in classes}
-    return ReweightHists(rw, edges, classes, MappingProxyType(hists), g["target"][:],
-                         MappingProxyType(weights))
-
-
-# --------------------------------------------------------------------------- the report
-@dataclass(frozen=True)
-class ClassReport:
-    """One class of one reweight. Entries are jets (jet groups) or valid tracks."""
-
-    label: int
-    name: str
-    entries: int  # histogrammed entries, with or without a bin
-    populated: int  # entries in populated bins (non-zero weight)
-    zeroed: int  # entries in bins zeroed because another class is empty there
-    out_of_range: int  # entries with no bin: weight 0 (see the bin convention)
-    weight_min: float  # over the entries in populated bins
-    weight_median: float
-    weight_max: float
-
-
-@dataclass(frozen=True)
-class ReweightReport:
-    name: str
-    group: str
-    class_var: str
-    target: str
-    bins: int
-    populated_bins: int  # every class has entries
-    zeroed_bins: int  # some class has entries, another has none: weight 0 for all
-    empty_bins: int  # no entries at all
-    flatness_max_deviation: float
-    classes: tuple[ClassReport, ...]
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Wall seconds of the stage's parts; ``histogram_s`` is the read + histogramming pass.
-
-    ``total_s`` is the stage up to its report (plots excluded: they are drawn in the
-    background). ``plots_s``: the plotting process's drawing time; ``plots_wait_s``: how long
-    the caller waited for the plots after its own work (see the module docstring).
-    """
-
-    sample_s: float = 0.0
-    histogram_s: float = 0.0
-    weights_s: float = 0.0
-    write_s: float = 0.0
-    plots_s: float = 0.0
-    total_s: float = 0.0
-    plots_wait_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class SampledFile:
-    file: str
-    jets: int  # jets of the file in the histogrammed sample
-    of: int  # jets in the file
-
-
-@dataclass(frozen=True)
-class WeightsReport:
-    histograms: Path
-    report: Path
-    sample: Mapping[str, tuple[SampledFile, ...]]  # flavour -> its train files
-    available: Mapping[str, int]  # flavour -> train jets in the catalogue
-    reweights: tuple[ReweightReport, ...]
-    plots: tuple[Path, ...]
-    timings: Timings
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["histograms"], out["report"] = str(self.histograms), str(self.report)
-        out["plots"] = [str(p) for p in self.plots]
-        out["sample"] = {fl: [asdict(f) for f in files] for fl, files in self.sample.items()}
-        out["available"] = dict(self.available)
-        return out
-
-
-def summarise(h: ReweightHists, out_of_range: Mapping[int, int], worst: float,
-              class_names: Mapping[int, str]) -> ReweightReport:
-    """Bin and entry bookkeeping of one reweight (see :class:`ReweightReport`)."""
-    populated = h.populated
-    any_entries = np.logical_or.reduce([h.hists[c] > 0 for c in h.classes])
-    classes = tuple(_class_report(h, c, populated, out_of_range.get(c, 0), class_names)
-                    for c in h.classes)
-    rw = h.reweight
-    target = rw.class_target
-    return ReweightReport(
-        rw.name, rw.group, rw.class_var,
-        ",".join(map(str, target)) if isinstance(target, tuple) else str(target),
-        int(populated.size), int(populated.sum()), int((any_entries & ~populated).sum()),
-        int((~any_entries).sum()), worst, classes)
-
-
-def _class_report(h: ReweightHists, c: int, populated: np.ndarray, out_of_range: int,
-                  class_names: Mapping[int, str]) -> ClassReport:
-    hist = h.hists[c]
-    n, w = hist[populated], h.weights[c][populated]
-    lo, med, hi = _weighted_stats(w, n)
-    return ClassReport(c, class_names.get(c, str(c)), int(hist.sum()) + out_of_range,
-                       int(n.sum()), int(hist[~populated].sum()), out_of_range, lo, med, hi)
-
-
-def _weighted_stats(values: np.ndarray, counts: np.ndarray) -> tuple[float, float, float]:
-    """min, median and max of ``values`` repeated ``counts`` times (NaN if no entries)."""
-    keep = counts > 0
-    values, counts = values[keep], counts[keep]
-    if not len(values):
-        return float("nan"), float("nan"), float("nan")
-    order = np.argsort(values)
-    cum = np.cumsum(counts[order])
-    median = values[order][np.searchsorted(cum, (cum[-1] + 1) // 2)]
-    return float(values.min()), float(median), float(values.max())
-
-
-def class_names(config: Config, rw: Reweight) -> dict[int, str]:
-    """Flavour names for ``flavour_label`` classes; other class variables have none."""
-    if rw.class_var != "flavour_label":
-        return {}
-    return dict(enumerate(config.flavour_names))
-
-
-def write_report(path: Path, report: WeightsReport) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    tmp.write_text(yaml.dump(report.as_dict(), Dumper=dumper, sort_keys=False))
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------- the stage
 def compute_histograms(config: Config, sample: Mapping[str, Sequence[FileSample]],
                        progress: Progress | None = None, workers: int | None = None
@@ -763,16 +501,21 @@ def _weights_and_report(config: Config, progress: Progress | None, workers: int 
     summaries = [_check_and_summarise(config, h, counts[h.reweight.name]) for h in hists]
     t3 = time.perf_counter()
     path = histograms_path(config)
-    write_histograms(path, hists, _file_attrs(config, sample))
+    sampled = {fl: sum(len(fs.rows) for fs in files) for fl, files in sample.items()}
+    available = {fl: sum(fs.num_jets for fs in files) for fl, files in sample.items()}
+    problem = zero_weight_problem(config, summaries, sampled, available)
+    if problem is None:
+        write_histograms(path, hists, _file_attrs(config, sample))
     t4 = time.perf_counter()
     report = WeightsReport(
         path, report_path(config),
         {fl: tuple(SampledFile(str(fs.path), len(fs.rows), fs.num_jets) for fs in files)
          for fl, files in sample.items()},
-        {fl: sum(fs.num_jets for fs in files) for fl, files in sample.items()},
-        tuple(summaries), (),
+        available, tuple(summaries), (),
         Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, 0.0, time.perf_counter() - t0))
     write_report(report.report, report)
+    if problem is not None:  # the report stays, for a look at the bins; no histograms
+        raise ZeroWeightError(f"{problem}; see {report.report}")
     log.info("wrote %s (%d reweights)", path, len(hists))
     return report, hists
 
@@ -782,7 +525,7 @@ def _check_and_summarise(config: Config, h: ReweightHists, counts: Counts) -> Re
     if not h.populated.any():
         log.warning("reweight %s: no bin has entries of every class: all weights are 0",
                     h.reweight.name)
-    return summarise(h, counts.out_of_range, worst, class_names(config, h.reweight))
+    return summarise(h, counts.out_of_range, worst, class_names(config, h.reweight), counts.nan)
 
 
 def _file_attrs(config: Config, sample: Mapping[str, Sequence[FileSample]]) -> dict[str, Any]:
