@@ -119,7 +119,7 @@ def test_upp_reweighting_integration_config_loads_with_upp_weight_names() -> Non
     assert jets[5].class_target == 0
     # the *jetbins alias gives every jets reweight the same 150 pt bins (+2 overflow)
     assert all(len(rw.edges("pt")) == 17 + 1 + 2 for rw in jets)
-    assert config.reweighting.num_jets_estimate == 200
+    assert config.reweighting.num_jets_estimate == 1_000_000
     assert config.jets_name == "jets"  # from UPP's `global_name`
     # global_cuts come from includes/simple-split.yaml
     assert [str(c) for c in config.global_cuts["train"]] == ["eventNumber %10<= 7"]
