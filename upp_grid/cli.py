@@ -53,6 +53,15 @@ def _load(config_path: Path):
     return load_config(config_path)
 
 
+def _load_to_write(config_path: Path):
+    """The config, with its base_dir's writer lock held until the command ends."""
+    from upp_grid.lock import writer_lock
+
+    config = _load(config_path)
+    click.get_current_context().with_resource(writer_lock(config.global_.base_dir))
+    return config
+
+
 @cli.command("make-mock")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Directory to write the mock containers into.")
@@ -111,7 +120,7 @@ def split_cmd(config_path: Path, container: str | None, files: str | None,
     """Split every input file into split x region x sample x flavour component files."""
     from upp_grid.report import print_split_summary
 
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     file_list = [Path(f) for f in files.split(",") if f] if files else None
     summary, cat = _run_split(config, container, file_list, workers, overwrite)
     print_split_summary(config, summary, cat)
@@ -133,7 +142,7 @@ def weights_cmd(config_path: Path, no_plots: bool) -> None:
     """Histogram the train classes and write <out_dir>/histograms.h5 and its report."""
     from upp_grid.report import print_weights_report
 
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     print_weights_report(_run_weights(config, plots=not no_plots))
 
 
@@ -160,7 +169,7 @@ def merge_cmd(config_path: Path, split: str) -> None:
     from upp_grid.report import print_merge_summary
     from upp_grid.stages.merge import merge_stage, merge_work, parse_splits
 
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     splits = parse_splits(split)
     with progress_bar(merge_work(config, splits), "merge (read + write)") as advance:
         summary = merge_stage(config, splits, progress=advance)
@@ -180,7 +189,7 @@ def norm_cmd(config_path: Path, weighted: bool, weight: str | None) -> None:
     from upp_grid.stages.merge import merged_files
     from upp_grid.stages.normalise import norm_stage
 
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     jets = sum(f.num_jets for f in merged_files(config, "train"))
     with progress_bar(jets, "norm") as advance:
         result = norm_stage(config, weighted=weighted or weight is not None, weight=weight,
@@ -197,7 +206,7 @@ def run_cmd(config_path: Path, no_plots: bool) -> None:
     from upp_grid.report import print_run_summary
     from upp_grid.stages.run import run_chain
 
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     print_run_summary(config, run_chain(config, plots=not no_plots, bar=progress_bar))
 
 
@@ -229,7 +238,7 @@ def download_cmd(config_path: Path, tag: str, backend: str | None, threads: int,
     from upp_grid.progress import progress_bar
     from upp_grid.report import print_run_summary
 
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     options = DownloadOptions(tag, backend, threads, not no_download, prepare_only,
                               allow_partial, rucio_user, not no_plots)
     report = download_and_prepare(config, options, progress=progress_bar)
@@ -300,6 +309,7 @@ def submit_cmd(config_path: Path, tag: str, backend: str, rucio_user: str | None
 
     if gb_per_job is not None and files_per_job is not None:
         raise UppGridError("--gb-per-job and --files-per-job exclude each other")
+    _load_to_write(config_path)  # the sandbox, state and local store are under base_dir
     options = TaskOptions(platform, container_image,
                           None if files_per_job else (gb_per_job or DEFAULT_GB_PER_JOB),
                           files_per_job, dest_se)
@@ -415,7 +425,7 @@ def demo_cmd(workdir: Path, num_jets: int, seed: int) -> None:
     from upp_grid.report import print_plan
 
     config_path = write_demo_config(workdir)
-    config = _load(config_path)
+    config = _load_to_write(config_path)
     ntuples = config.global_.ntuple_dir
     if not any(ntuples.glob("*/*.h5")):
         with progress_bar(num_jets, "make-mock") as advance:

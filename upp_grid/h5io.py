@@ -400,7 +400,7 @@ def write_virtual_file(path: Path, sources: list[tuple[Path, int]],
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
             for name, (dtype, shape) in groups.items():
-                layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
+                layout = _UntimedLayout(shape=(total, *shape), dtype=dtype)
                 start = 0
                 for src, n in sources:
                     vsrc = h5py.VirtualSource(_vds_name(src, path.parent), name,
@@ -415,6 +415,16 @@ def write_virtual_file(path: Path, sources: list[tuple[Path, int]],
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _UntimedLayout(h5py.VirtualLayout):
+    """A virtual layout whose dataset records no creation/modification times, so two runs
+    write byte-identical files (h5py's ``create_virtual_dataset`` has no ``track_times``)."""
+
+    def _get_dcpl(self, dst_filename: str) -> Any:
+        dcpl = super()._get_dcpl(dst_filename)
+        dcpl.set_obj_track_times(False)
+        return dcpl
 
 
 def _vds_name(src: Path, base: Path) -> str:

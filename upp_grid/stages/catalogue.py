@@ -4,12 +4,20 @@ It is built from the split outputs on disk (local split or grid download alike):
 ``files: {split: {flavour: [paths]}}`` and ``num_jets: {split: {flavour: N}}`` (also written as
 ``num_global_objects``, the key newer UPP versions read), plus ``components: {split:
 {component: N}}`` for bookkeeping. Hidden files and directories (staging areas) are ignored.
+
+Provenance: every unit's ``split-record.json`` holds the split hash of the config that split it
+(:func:`upp_grid.stages.split.split_hash`); the catalogue is built only when they all equal the
+current config's, and records it as ``provenance.split_hash``. Reading the catalogue with a
+config of another split hash is a one-line error naming the stage to rerun, and
+:attr:`Catalogue.digest`, a hash of its content, is what the weights stage records in
+``histograms.h5``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +27,9 @@ import yaml
 
 from upp_grid.config import SPLITS, Config
 from upp_grid.errors import BookkeepingError, InputError
+from upp_grid.fsutil import write_text_atomic
 from upp_grid.h5io import open_input
+from upp_grid.stages.split import split_hash
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +44,22 @@ class Catalogue:
     files: dict[str, dict[str, list[str]]]
     num_jets: dict[str, dict[str, int]]
     components: dict[str, dict[str, int]]
+    split_hash: str = ""  # of the config that split the files
 
     def total(self, split: str) -> int:
         return sum(self.num_jets[split].values())
 
+    @property
+    def digest(self) -> str:
+        """Hash of the content (files, counts, split hash): what later stages record."""
+        text = json.dumps([self.files, self.num_jets, self.components, self.split_hash],
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def as_yaml_dict(self) -> dict:
         return {"files": self.files, "num_jets": self.num_jets,
-                "num_global_objects": self.num_jets, "components": self.components}
+                "num_global_objects": self.num_jets, "components": self.components,
+                "provenance": {"split_hash": self.split_hash}}
 
 
 def catalogue_path(config: Config) -> Path:
@@ -70,7 +89,7 @@ def build_catalogue(config: Config) -> Catalogue:
     files = {s: {f: [] for f in flavours} for s in SPLITS}
     num = {s: dict.fromkeys(flavours, 0) for s in SPLITS}
     comps = {s: {c.name: 0 for c in config.components} for s in SPLITS}
-    check_inputs_once(root)
+    check_inputs_once(root, config)
     for path in sorted(root.rglob("output_*.h5")):
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
@@ -87,15 +106,16 @@ def build_catalogue(config: Config) -> Catalogue:
         files[split][flavour].append(str(path))
         num[split][flavour] += n
         comps[split][comp] += n
-    return Catalogue(files, num, comps)
+    return Catalogue(files, num, comps, split_hash(config))
 
 
-def check_inputs_once(root: Path) -> None:
+def check_inputs_once(root: Path, config: Config | None = None) -> None:
     """Every input file's rows may be in the components once: a unit directory (local split or
     unpacked grid job) whose input and rows overlap another's is an error naming the input and
-    both directories (PanDA can run a job twice; a download and a local split may meet)."""
-    import json
+    both directories (PanDA can run a job twice; a download and a local split may meet).
 
+    With ``config``, every unit must have been split with its split hash for the unit's
+    samples."""
     seen: dict[tuple[str, str], list[tuple[int, int, Path]]] = {}
     for record in sorted(root.rglob("split-record.json")):
         rel = record.relative_to(root)
@@ -108,6 +128,12 @@ def check_inputs_once(root: Path) -> None:
             start, stop = int(rows[0]), int(rows[1])
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             raise InputError(f"{record}: unreadable split record") from None
+        expected = None if config is None else split_hash(
+            config, data.get("samples") or [rel.parts[0]])
+        if expected is not None and data.get("split_hash") != expected:
+            raise InputError(f"{record.parent}: split with another config (split hash "
+                             f"{data.get('split_hash') or 'none'}, this config's "
+                             f"{expected}): rerun `upp-grid split -c CFG --overwrite`")
         key = (rel.parts[0], name)
         for a, b, other in seen.get(key, []):
             if (start < b and a < stop) or (start == stop == a == b):
@@ -133,10 +159,7 @@ def write_catalogue(config: Config, expected: dict[str, dict[str, int]] | None =
                     raise BookkeepingError(
                         f"{catalogue_path(config)}: {split} {comp}: split records say {n} jets, "
                         f"files on disk hold {cat.components[split].get(comp, 0)}")
-    path = catalogue_path(config)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cat.as_yaml_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(catalogue_path(config), yaml.safe_dump(cat.as_yaml_dict(), sort_keys=False))
     return cat
 
 
@@ -150,9 +173,14 @@ def read_catalogue(config: Config) -> Catalogue:
     except yaml.YAMLError as err:
         raise InputError(f"{path}: unreadable catalogue: {err}") from None
     try:
-        cat = Catalogue(data["files"], data["num_jets"], data.get("components", {}))
-    except (KeyError, TypeError):
+        cat = Catalogue(data["files"], data["num_jets"], data.get("components", {}),
+                        str((data.get("provenance") or {}).get("split_hash", "")))
+    except (KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: not an organised-components catalogue") from None
+    if cat.split_hash != split_hash(config):
+        raise InputError(f"{path}: written for another config (split hash "
+                         f"{cat.split_hash or 'none'}, {config.path} has {split_hash(config)}):"
+                         " rerun `upp-grid split -c CFG` (or `download`) first")
     for split, per_flavour in cat.files.items():
         for flavour, paths in per_flavour.items():
             n = 0

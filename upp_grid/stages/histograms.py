@@ -197,3 +197,10 @@ def content_hash(hists: Mapping[str, ReweightHists]) -> str:
             h.update(str(c).encode())
             h.update(np.ascontiguousarray(rh.weights[c], dtype=np.float64).tobytes())
     return h.hexdigest()
+
+
+def catalogue_hash_of(path: Path) -> str:
+    """The catalogue digest a ``histograms.h5`` was made from ('' if it has none)."""
+    with open_input(Path(path)) as f:
+        value = f.attrs.get("catalogue_hash", "")
+    return value.decode() if isinstance(value, bytes) else str(value)

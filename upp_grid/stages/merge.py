@@ -85,6 +85,7 @@ from upp_grid.inputs import FLAVOUR_LABEL
 from upp_grid.stages.catalogue import Catalogue, read_catalogue
 from upp_grid.stages.histograms import (
     ReweightHists,
+    catalogue_hash_of,
     compute_weights,
     content_hash,
     load_histograms,
@@ -330,7 +331,7 @@ def make_plan(config: Config, split: str, cat: Catalogue, hists: Mapping[str, Re
     counts = assign(block_size, capacities, rng)
     labels = np.asarray([config.flavour_names.index(s.flavour) for s in sources], dtype=np.int64)
     file_counts = _file_counts(config, counts, labels[block_source], bucket_file, len(sizes))
-    digest = _plan_digest(config, split, sources, groups, hist_digest)
+    digest = _plan_digest(config, split, sources, groups, hist_digest, cat.digest)
     return MergePlan(split, sources, groups, block_source, block_start, counts, bucket_file,
                      sizes, file_counts, digest, seed)
 
@@ -345,23 +346,20 @@ def _file_counts(config: Config, counts: np.ndarray, block_label: np.ndarray,
 
 
 def _plan_digest(config: Config, split: str, sources: Sequence[Source],
-                 groups: Sequence[GroupSpec], hist_digest: str) -> str:
+                 groups: Sequence[GroupSpec], hist_digest: str, cat_digest: str) -> str:
+    """Identifies the output: the same inputs, config and histograms give the same hash (no
+    file times: two clean runs give byte-identical files)."""
     g = config.global_
     items = {
         "scheme": SCHEME, "split": split, "config": config.config_hash, "seed": g.seed,
         "per_file": g.num_jets_per_output_file, "precision": g.precision,
         "full_precision_vars": list(g.full_precision_vars), "compression": g.compression,
-        "sources": [[s.path, s.flavour, s.num_jets, _stat(s.path)] for s in sources],
+        "sources": [[s.path, s.flavour, s.num_jets] for s in sources], "catalogue": cat_digest,
         "groups": [[x.name, list(x.shape), x.dtype.descr, list(x.weights)] for x in groups],
         "histograms": hist_digest, "block_bytes": BLOCK_BYTES, "bucket_bytes": BUCKET_BYTES,
         "gzip_level": GZIP_LEVEL,
     }
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _stat(path: str) -> list[int]:
-    st = Path(path).stat()
-    return [st.st_size, st.st_mtime_ns]
 
 
 # --------------------------------------------------------------------------- pass 1: route
@@ -372,7 +370,6 @@ class RouteTask:
     source: str
     task_id: int
     groups: tuple[GroupSpec, ...]
-    histograms: Path | None  # histograms.h5 (ReweightHists do not pickle: loaded per task)
     block_ids: tuple[int, ...]
     starts: tuple[int, ...]
     counts: np.ndarray  # (blocks of this task, n_buckets)
@@ -407,9 +404,12 @@ class RouteResult:
     overflow: frozenset[str]  # "group.field" with finite values beyond float16
 
 
-def route(task: RouteTask) -> RouteResult:
-    """Pass 1 for one task: each block's kept jets, grouped by bucket, appended to scratch."""
-    hists = load_histograms(task.histograms) if task.histograms else {}
+def route(task: RouteTask, hists: Mapping[str, ReweightHists]) -> RouteResult:
+    """Pass 1 for one task: each block's kept jets, grouped by bucket, appended to scratch.
+
+    ``hists`` are the histograms the merge loaded and checked once at its start (worker
+    processes inherit them): ``histograms.h5`` is never read again, so a weights stage run
+    meanwhile cannot mix its weights in."""
     overflow: set[str] = set()
     with ExitStack() as stack:
         f = stack.enter_context(open_input(Path(task.source)))
@@ -466,8 +466,7 @@ class OverflowLog:
         self.fields.add(f"{self.group}.{self.field}")
 
 
-def route_tasks(plan: MergePlan, keep: np.ndarray, scratch: Path,
-                histograms: Path | None) -> list[RouteTask]:
+def route_tasks(plan: MergePlan, keep: np.ndarray, scratch: Path) -> list[RouteTask]:
     """Pass-1 tasks: up to :data:`TASK_BLOCKS` consecutive blocks of one source each."""
     written = plan.counts * keep
     tasks: list[RouteTask] = []
@@ -477,7 +476,7 @@ def route_tasks(plan: MergePlan, keep: np.ndarray, scratch: Path,
             continue
         tid = len(tasks)
         tasks.append(RouteTask(plan.sources[plan.block_source[ids[0]]].path, tid, plan.groups,
-                               histograms, tuple(int(i) for i in ids),
+                               tuple(int(i) for i in ids),
                                tuple(int(s) for s in plan.block_start[ids]), plan.counts[ids],
                                keep, scratch / f"t{ids[0]}", seed))
     return tasks
@@ -770,6 +769,9 @@ def publish(paths: SplitPaths, plan: MergePlan, attrs: Mapping[str, Any],
                        {jets_name: {FLAVOUR_LABEL: list(flavour_names)}})
     _write_json(paths.record, {
         "plan_hash": plan.plan_hash, "split": plan.split, "version": __version__,
+        "config": attrs.get("config_path", ""), "config_hash": attrs.get("config_hash", ""),
+        "histograms_hash": attrs.get("histograms_hash", ""),
+        "catalogue_hash": attrs.get("catalogue_hash", ""),
         "vds": str(paths.vds), "jet_counts": totals,
         "files": [{"path": str(o.path), "num_jets": o.num_jets,
                    "jet_counts": dict(o.jet_counts)} for o in files]})
@@ -784,8 +786,14 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def merged_files(config: Config, split: str) -> tuple[OutputFile, ...]:
-    """The files a completed merge of ``split`` published (from its ``merge-record.json``)."""
+def merge_record(config: Config, split: str) -> dict[str, Any]:
+    """The ``merge-record.json`` of a completed merge of ``split`` by this config.
+
+    Raises
+    ------
+    InputError
+        No completed merge, or one made by another config (the line says what to rerun).
+    """
     paths = SplitPaths(config.global_.out_dir, split)
     try:
         record = json.loads(paths.record.read_text())
@@ -794,6 +802,16 @@ def merged_files(config: Config, split: str) -> tuple[OutputFile, ...]:
                          f"(run `upp-grid merge -c CFG --split {split}`)") from None
     except ValueError as err:
         raise InputError(f"{paths.record}: unreadable merge record: {err}") from None
+    if record.get("config_hash") != config.config_hash:
+        raise InputError(f"{paths.split_dir}: merged with another config "
+                         f"({record.get('config') or 'unknown'}), not {config.path}: rerun "
+                         f"`upp-grid merge -c CFG --split {split}`")
+    return record
+
+
+def merged_files(config: Config, split: str) -> tuple[OutputFile, ...]:
+    """The files a completed merge of ``split`` by this config published."""
+    record = merge_record(config, split)
     return tuple(OutputFile(Path(f["path"]), int(f["num_jets"]), f["jet_counts"])
                  for f in record["files"])
 
@@ -809,18 +827,24 @@ def file_attrs(config: Config, cat: Catalogue, split: str, weighted: bool) -> di
     dsids = sorted({Path(p).parent.parent.name for paths in cat.files.get(split, {}).values()
                     for p in paths})
     return {"dsids": str(dsids), "config": config_json(config),
+            "config_path": str(config.path), "config_hash": config.config_hash,
+            "catalogue_hash": cat.digest,
             "resampling_method": "reweighting" if weighted else "none",
             "upp_grid_version": __version__, "split": split,
             "precision": config.global_.precision, "compression": config.global_.compression}
 
 
-def load_reweights(config: Config) -> dict[str, ReweightHists]:
-    """The histograms of every configured reweight, checked against the config."""
+def load_reweights(config: Config, cat: Catalogue) -> dict[str, ReweightHists]:
+    """The histograms of every configured reweight, checked against the config and made from
+    the split outputs of ``cat`` (loaded once: the merge never reads the file again)."""
     if not config.reweighting or not config.reweighting.reweights:
         return {}
     path = histograms_path(config)
     if not path.is_file():
         raise InputError(f"{path}: no histograms (run `upp-grid weights -c CFG` first)")
+    if catalogue_hash_of(path) != cat.digest:
+        raise InputError(f"{path}: made from other split outputs than the catalogue's (split "
+                         "or download ran since): rerun `upp-grid weights -c CFG`")
     hists = load_histograms(path)
     out = {}
     for rw in config.reweighting.reweights:
@@ -891,7 +915,7 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
 
 def _merge(config: Config, splits: Sequence[str], advance: Progress) -> list[SplitResult]:
     cat = read_catalogue(config)
-    hists = load_reweights(config)
+    hists = load_reweights(config, cat)
     digest = content_hash(hists)
     jobs, done = [], []
     for split in splits:
@@ -905,8 +929,8 @@ def _merge(config: Config, splits: Sequence[str], advance: Progress) -> list[Spl
             if reused:
                 advance(2 * reused)
     nproc = config.reweighting.merge_num_proc if config.reweighting else 1
-    routed = _run(route, [t for j in jobs for t in j.route], nproc,
-                  lambda r: advance(r.num_jets))
+    routed = _run(_route_with_hists, [t for j in jobs for t in j.route], nproc,
+                  lambda r: advance(r.num_jets), hists)
     _warn_overflow(config, set().union(*(r.overflow for r in routed)))
     results = _run(write_file, [t for j in jobs for t in j.write], nproc,
                    lambda r: advance(r.num_jets))
@@ -927,9 +951,9 @@ def _prepare(config: Config, cat: Catalogue, split: str, hists: Mapping[str, Rew
         log.info("merge %s: already complete (%s)", split, paths.record)
         return None
     todo = prepare_staging(paths, plan)
-    attrs = file_attrs(config, cat, split, bool(hists))
+    attrs = {**file_attrs(config, cat, split, bool(hists)), "histograms_hash": digest}
     keep = np.isin(plan.bucket_file, todo)
-    route = route_tasks(plan, keep, paths.scratch, histograms_path(config) if hists else None)
+    route = route_tasks(plan, keep, paths.scratch)
     write = write_tasks(plan, todo, route, paths, attrs, config)
     job = _SplitJob(plan, paths, attrs, tuple(todo), tuple(route), tuple(write))
     log.info("merge %s: %d jets from %d files -> %d output files (%d to write)", split,
@@ -970,15 +994,39 @@ def _finish(config: Config, cat: Catalogue, jobs: Sequence[_SplitJob],
     return out
 
 
+# The merge's histograms in this process, for pass 1: set by _run before the workers fork
+# (they inherit it, nothing is pickled) and reset after.
+_HISTS: dict[str, Mapping[str, ReweightHists]] = {}
+
+
+def _set_hists(hists: Mapping[str, ReweightHists]) -> None:
+    _HISTS["merge"] = hists
+
+
+def _route_with_hists(task: RouteTask) -> RouteResult:
+    return route(task, _HISTS["merge"])
+
+
 def _run(fn: Callable[[T], R], tasks: Sequence[T], nproc: int,
-         on_done: Callable[[R], None]) -> list[R]:
-    """Run ``fn`` over ``tasks`` in ``nproc`` processes (inline for one); results unordered."""
+         on_done: Callable[[R], None], hists: Mapping[str, ReweightHists] | None = None
+         ) -> list[R]:
+    """Run ``fn`` over ``tasks`` in ``nproc`` processes (inline for one); results unordered.
+    ``hists``: the histograms ``fn`` reads (see :func:`_route_with_hists`)."""
     results: list[R] = []
-    if nproc <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            results.append(fn(t))
-            on_done(results[-1])
-        return results
+    _set_hists(hists or {})
+    try:
+        if nproc <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                results.append(fn(t))
+                on_done(results[-1])
+            return results
+        return _run_pool(fn, tasks, nproc, on_done, results)
+    finally:
+        _HISTS.clear()
+
+
+def _run_pool(fn: Callable[[T], R], tasks: Sequence[T], nproc: int,
+              on_done: Callable[[R], None], results: list[R]) -> list[R]:
     ordered = sorted(tasks, key=_task_size, reverse=True)
     with mp.get_context("fork").Pool(min(nproc, len(tasks))) as pool:
         for r in pool.imap_unordered(fn, ordered):

@@ -41,6 +41,7 @@ import yaml
 from upp_grid import __version__
 from upp_grid.config import Config
 from upp_grid.errors import UppGridError
+from upp_grid.fsutil import write_text_atomic
 from upp_grid.h5io import JETS_CHUNK, batch_ranges, dataset, open_input, read_rows
 from upp_grid.inputs import FLAVOUR_LABEL
 
@@ -337,9 +338,10 @@ def norm_stage(config: Config, weighted: bool = False, weight: str | None = None
         No completed train merge, an unknown weight, or a variable whose mean or standard
         deviation is not finite or whose standard deviation is 0 (Salt would divide by it).
     """
-    from upp_grid.stages.merge import merged_files  # merge imports this module
+    from upp_grid.stages.merge import merge_record, merged_files  # merge imports this module
 
     outputs = merged_files(config, "train")
+    merge_hash = str(merge_record(config, "train")["plan_hash"])
     files = tuple(o.path for o in outputs)
     wname = jets_weight(config, weight) if weighted else None
     tasks = make_tasks(config, files, wname, use_cache)
@@ -349,7 +351,7 @@ def norm_stage(config: Config, weighted: bool = False, weight: str | None = None
     norm = norm_dict(total, tasks[0].spec.inputs)
     classes = class_dict(total, config)
     norm_path, class_path = norm_paths(config)
-    header = _header(total, files, wname)
+    header = _header(total, files, wname, merge_hash)
     _write_yaml(norm_path, header, norm)
     _write_yaml(class_path, header, classes)
     log.info("norm: %d train jets from %d files (%s), %s, %d files' statistics cached by "
@@ -414,17 +416,16 @@ def class_dict(total: Stats, config: Config) -> dict[str, dict[str, list[float]]
     return out
 
 
-def _header(total: Stats, files: Sequence[Path], weight: str | None) -> str:
+def _header(total: Stats, files: Sequence[Path], weight: str | None, merge_hash: str) -> str:
     entries = ", ".join(f"{g} {n}" for g, n in total.entries.items())
     how = f"weighted by the jets weight {weight}" if weight else "unweighted"
     where = Path(files[0]).parent if files else "?"
     return (f"# upp-grid {__version__} norm: {how}\n"
             f"# from {total.jets} train jets in {len(files)} files under {where}\n"
+            f"# merge: {merge_hash} (merge_plan_hash of the train files)\n"
             f"# entries used (valid entries for track groups): {entries}\n")
 
 
 def _write_yaml(path: Path, header: str, data: Mapping) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False))

@@ -80,8 +80,9 @@ class SplitRecord:
     no_component: int = 0
     input_size: int = 0
     input_mtime_ns: int = 0
-    split_hash: str = ""
+    split_hash: str = ""  # split_hash(config, samples)
     rows: tuple[int, int] | None = None  # [start, stop) of the input; None: the whole file
+    samples: tuple[str, ...] = ()  # the samples the input was split for
 
     def check(self) -> None:
         """Jets read must equal jets written plus jets in no component, exactly."""
@@ -138,11 +139,26 @@ def kept_fields(config: Config, group: str, split: str, names: Sequence[str]) ->
     return [n for n in names if n in keep]
 
 
-def split_hash(config: Config) -> str:
-    """Hash of the parts of the config (and of the format) that change split outputs."""
-    keys = ("variables", "global_cuts", "components", "reweighting")
-    text = json.dumps({k: config.raw.get(k) for k in keys}, sort_keys=True, default=str)
-    text += f"{config.jets_name}:{SPLIT_FORMAT}"
+def split_hash(config: Config, samples: Sequence[str] | None = None) -> str:
+    """Hash of the parts of the config (and of the format) that change split outputs: of the
+    inputs of ``samples`` (default: all).
+
+    Of the components only those of ``samples`` count, with the flavour order (it gives the
+    labels), so a config narrowed to one sample reuses that sample's split. Of the reweighting
+    only the fields the outputs keep count (group, variables, class variable), so new bins or
+    targets reuse the split. Every unit's record and the catalogue hold this hash, and every
+    later stage checks it.
+    """
+    data: dict = {k: config.raw.get(k) for k in ("variables", "global_cuts")}
+    comps = [c for c in config.components if samples is None or c.sample.name in samples]
+    data["components"] = [[c.region.name, repr(c.region.cuts), c.sample.name,
+                           list(c.sample.patterns), c.flavour.name, c.num_jets, c.num_jets_val,
+                           c.num_jets_test] for c in comps]
+    data["flavours"] = list(config.flavour_names)
+    reweights = config.reweighting.reweights if config.reweighting else ()
+    data["reweight_fields"] = sorted({(rw.group, *rw.reweight_vars, rw.class_var)
+                                      for rw in reweights})
+    text = json.dumps(data, sort_keys=True, default=str) + f"{config.jets_name}:{SPLIT_FORMAT}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -271,8 +287,9 @@ def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str]
         raise InputError(f"{path}: no component uses sample(s) {', '.join(samples)}")
     stat = path.stat()
     record = SplitRecord(str(path), 0, input_size=stat.st_size,
-                         input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config),
-                         rows=None if rows is None else (int(rows[0]), int(rows[1])))
+                         input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config, samples),
+                         rows=None if rows is None else (int(rows[0]), int(rows[1])),
+                         samples=tuple(samples))
     with open_input(path, chunk_cache=False) as f:
         try:
             _split_open_file(config, f, path, out_dir, outputs, record, progress,
@@ -444,6 +461,7 @@ def read_record(unit_dir: Path) -> SplitRecord | None:
         data = json.loads((unit_dir / RECORD_NAME).read_text())
         if data.get("rows") is not None:
             data["rows"] = (int(data["rows"][0]), int(data["rows"][1]))
+        data["samples"] = tuple(data.get("samples", ()))
         return SplitRecord(**data)
     except (OSError, ValueError, TypeError):
         return None

@@ -229,7 +229,7 @@ def _complete_record(out_dir: Path, path: Path, samples: Sequence[str], config: 
     if rec is None or rec.rows != rows:
         return None
     stat = path.stat()
-    if (rec.split_hash != split_hash(config) or rec.input_size != stat.st_size
+    if (rec.split_hash != split_hash(config, samples) or rec.input_size != stat.st_size
             or rec.input_mtime_ns != stat.st_mtime_ns):
         return None
     expected = {o.name: o.filename for o in declared_outputs(config, samples)}

@@ -505,7 +505,7 @@ def _weights_and_report(config: Config, progress: Progress | None, workers: int 
     available = {fl: sum(fs.num_jets for fs in files) for fl, files in sample.items()}
     problem = zero_weight_problem(config, summaries, sampled, available)
     if problem is None:
-        write_histograms(path, hists, _file_attrs(config, sample))
+        write_histograms(path, hists, _file_attrs(config, sample, catalogue))
     t4 = time.perf_counter()
     report = WeightsReport(
         path, report_path(config),
@@ -528,10 +528,12 @@ def _check_and_summarise(config: Config, h: ReweightHists, counts: Counts) -> Re
     return summarise(h, counts.out_of_range, worst, class_names(config, h.reweight), counts.nan)
 
 
-def _file_attrs(config: Config, sample: Mapping[str, Sequence[FileSample]]) -> dict[str, Any]:
+def _file_attrs(config: Config, sample: Mapping[str, Sequence[FileSample]],
+                catalogue: Catalogue) -> dict[str, Any]:
     return {
         "upp_grid_version": __version__,
         "config_hash": config.config_hash,
+        "catalogue_hash": catalogue.digest,  # the split outputs these histograms came from
         "flavour_label": list(config.flavour_names),
         "num_jets_estimate": num_jets_estimate(config),
         "seed": config.global_.seed,
