@@ -7,7 +7,8 @@ from pathlib import Path
 
 from upp_grid.config import Config
 from upp_grid.errors import InputError
-from upp_grid.inputs import Container, check_file, find_containers, required_fields
+from upp_grid.input_types import FieldTypes
+from upp_grid.inputs import Container, check_file, field_roles, find_containers, required_fields
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,22 @@ class CheckReport:
 
 
 def check_inputs(config: Config) -> CheckReport:
-    """Check every input file of every container has the datasets and fields the config needs.
+    """Check every input file of every container has the datasets and fields the config needs,
+    of the right shapes and kinds, with data that decodes, and that each field has one kind in
+    every input (:mod:`upp_grid.input_types`).
 
     Problems are collected (one line each, naming file and field) rather than raised, so the
     user sees all of them at once. A pattern that matches nothing raises immediately.
     """
     need = required_fields(config)
+    roles = field_roles(config)
+    types = FieldTypes()
     reports, problems = [], []
     for container in find_containers(config):
         counts = []
         for path in container.files:
             try:
-                counts.append(check_file(Path(path), need))
+                counts.append(check_file(Path(path), need, roles, types, config.jets_name))
             except InputError as err:
                 problems.append(str(err))
                 counts.append(0)

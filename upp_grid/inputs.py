@@ -11,6 +11,7 @@ import h5py
 
 from upp_grid.config import Config, Sample
 from upp_grid.errors import InputError
+from upp_grid.input_types import FieldRoles, FieldTypes, check_contents
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,35 @@ def required_fields(config: Config) -> dict[str, set[str]]:
     return need
 
 
-def check_file(path: Path, need: dict[str, set[str]]) -> int:
+def field_roles(config: Config) -> FieldRoles:
+    """What the config does with each field: numbers (cuts, reweight variables) and integers
+    (class variables), per group."""
+    jets = config.jets_name
+    numbers: dict[str, set[str]] = {jets: set()}
+    integers: dict[str, set[str]] = {}
+    for split in config.global_cuts.values():
+        numbers[jets].update(split.variables)
+    for comp in config.components:
+        numbers[jets].update(comp.region.cuts.variables)
+        numbers[jets].update(comp.flavour.cuts.variables)
+    for rw in config.reweighting.reweights if config.reweighting else ():
+        numbers.setdefault(rw.group, set()).update(rw.reweight_vars)
+        integers.setdefault(rw.group, set()).add(rw.class_var)
+    for group in config.variables:
+        numbers.setdefault(group, set())
+    for names in integers.values():
+        names.discard(FLAVOUR_LABEL)
+    return FieldRoles({g: frozenset(n) for g, n in numbers.items()},
+                      {g: frozenset(n) for g, n in integers.items()})
+
+
+def check_file(path: Path, need: dict[str, set[str]], roles: FieldRoles | None = None,
+               types: FieldTypes | None = None, jets_name: str = "jets") -> int:
     """Check one input file has every needed dataset and field; return its number of jets.
+
+    With ``roles``, also the shapes, kinds and first chunk of its datasets
+    (:func:`upp_grid.input_types.check_contents`); with ``types``, its field types are added
+    to the union over the inputs (a kind conflict with an earlier file is an error).
 
     Raises
     ------
@@ -108,6 +136,12 @@ def check_file(path: Path, need: dict[str, set[str]]) -> int:
                         raise InputError(f"{path}: dataset '{group}' has no field '{field}'"
                                          f"{_suggest(field, names)}")
                 counts[group] = ds.shape[0]
+            if roles is not None:
+                check_contents(path, f, jets_name, roles)
+            for group in sorted(need) if types is not None else ():
+                ds = f[group]
+                if ds.dtype.names is not None:  # after its own checks: they say more
+                    types.add(path, group, ds.dtype, ds.shape[1:])
     except InputError:
         raise
     except (OSError, KeyError, ValueError) as err:

@@ -29,7 +29,7 @@ from upp_grid.config import SPLITS, Config
 from upp_grid.errors import BookkeepingError, InputError
 from upp_grid.fsutil import write_text_atomic
 from upp_grid.h5io import open_input
-from upp_grid.stages.split import split_hash
+from upp_grid.stages.split import reweight_fields, split_hash
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Catalogue:
     num_jets: dict[str, dict[str, int]]
     components: dict[str, dict[str, int]]
     split_hash: str = ""  # of the config that split the files
+    reweight_fields: tuple[str, ...] = ()  # kept for the reweighting (split.reweight_fields)
 
     def total(self, split: str) -> int:
         return sum(self.num_jets[split].values())
@@ -52,14 +53,15 @@ class Catalogue:
     @property
     def digest(self) -> str:
         """Hash of the content (files, counts, split hash): what later stages record."""
-        text = json.dumps([self.files, self.num_jets, self.components, self.split_hash],
-                          sort_keys=True)
+        text = json.dumps([self.files, self.num_jets, self.components, self.split_hash,
+                           list(self.reweight_fields)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def as_yaml_dict(self) -> dict:
         return {"files": self.files, "num_jets": self.num_jets,
                 "num_global_objects": self.num_jets, "components": self.components,
-                "provenance": {"split_hash": self.split_hash}}
+                "provenance": {"split_hash": self.split_hash,
+                               "reweight_fields": list(self.reweight_fields)}}
 
 
 def catalogue_path(config: Config) -> Path:
@@ -106,7 +108,7 @@ def build_catalogue(config: Config) -> Catalogue:
         files[split][flavour].append(str(path))
         num[split][flavour] += n
         comps[split][comp] += n
-    return Catalogue(files, num, comps, split_hash(config))
+    return Catalogue(files, num, comps, split_hash(config), tuple(reweight_fields(config)))
 
 
 def check_inputs_once(root: Path, config: Config | None = None) -> None:
@@ -134,6 +136,12 @@ def check_inputs_once(root: Path, config: Config | None = None) -> None:
             raise InputError(f"{record.parent}: split with another config (split hash "
                              f"{data.get('split_hash') or 'none'}, this config's "
                              f"{expected}): rerun `upp-grid split -c CFG --overwrite`")
+        missing = [] if config is None else sorted(
+            set(reweight_fields(config)) - set(data.get("reweight_fields") or ()))
+        if missing:
+            raise InputError(f"{record.parent}: split without the reweight variable "
+                             f"{missing[0]} the config needs: rerun `upp-grid split -c CFG "
+                             "--overwrite`")
         key = (rel.parts[0], name)
         for a, b, other in seen.get(key, []):
             if (start < b and a < stop) or (start == stop == a == b):
@@ -173,14 +181,20 @@ def read_catalogue(config: Config) -> Catalogue:
     except yaml.YAMLError as err:
         raise InputError(f"{path}: unreadable catalogue: {err}") from None
     try:
+        provenance = data.get("provenance") or {}
         cat = Catalogue(data["files"], data["num_jets"], data.get("components", {}),
-                        str((data.get("provenance") or {}).get("split_hash", "")))
+                        str(provenance.get("split_hash", "")),
+                        tuple(provenance.get("reweight_fields") or ()))
     except (KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: not an organised-components catalogue") from None
     if cat.split_hash != split_hash(config):
         raise InputError(f"{path}: written for another config (split hash "
                          f"{cat.split_hash or 'none'}, {config.path} has {split_hash(config)}):"
                          " rerun `upp-grid split -c CFG` (or `download`) first")
+    missing = sorted(set(reweight_fields(config)) - set(cat.reweight_fields))
+    if missing:
+        raise InputError(f"{path}: the split outputs lack the reweight variable {missing[0]} "
+                         f"{config.path} needs: rerun `upp-grid split -c CFG --overwrite`")
     for split, per_flavour in cat.files.items():
         for flavour, paths in per_flavour.items():
             n = 0

@@ -81,6 +81,7 @@ from upp_grid.h5io import (
     read_rows,
     write_virtual_file,
 )
+from upp_grid.input_types import FieldTypes
 from upp_grid.inputs import FLAVOUR_LABEL
 from upp_grid.stages.catalogue import Catalogue, read_catalogue
 from upp_grid.stages.histograms import (
@@ -249,32 +250,33 @@ def _wanted_fields(config: Config, split: str, group: str, names: Sequence[str])
 
 def _group_specs(config: Config, split: str, sources: Sequence[Source],
                  hists: Mapping[str, ReweightHists]) -> tuple[GroupSpec, ...]:
+    """Per group: the fields written and their dtypes, from the union of the sources' types
+    (never from one file: :mod:`upp_grid.input_types`), then the config's precision."""
     if not sources:
         raise InputError(f"no {split} files in the catalogue")
-    dtypes: dict[str, np.dtype] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    types = FieldTypes()
     common: dict[str, list[str]] = {}
+    itemsize: dict[str, int] = {}
     for src in sources:
         with open_input(Path(src.path)) as f:
             for g in config.variables:
                 ds = dataset(f, g)
-                dtypes.setdefault(g, ds.dtype)
-                if shapes.setdefault(g, ds.shape[1:]) != ds.shape[1:]:
-                    raise InputError(f"{src.path}: '{g}' has shape {ds.shape[1:]} per jet, "
-                                     f"other {split} files {shapes[g]}")
+                types.add(Path(src.path), g, ds.dtype, ds.shape[1:])
                 names = set(ds.dtype.names)
-                common[g] = [n for n in common.get(g, dtypes[g].names) if n in names]
+                common[g] = [n for n in common.get(g, ds.dtype.names) if n in names]
+                itemsize[g] = max(itemsize.get(g, 0), ds.dtype.itemsize)
     g_cfg = config.global_
     specs = []
     for g in config.variables:
         fields = _wanted_fields(config, split, g, common[g])
-        base = final_dtype(np.dtype([(n, dtypes[g].fields[n][0]) for n in fields]),
+        base = final_dtype(np.dtype([(n, types.dtype(g, n)) for n in fields]),
                            g_cfg.precision, g_cfg.full_precision_vars)
         weights = tuple(name for name, h in hists.items() if h.reweight.group == g)
         dtype = np.dtype(base.descr + [(w, "<f4") for w in weights])
-        per_jet = int(np.prod(shapes[g], dtype=np.int64))
-        specs.append(GroupSpec(g, tuple(shapes[g]), tuple(fields), dtype, weights,
-                               dtypes[g].itemsize * per_jet))
+        shape = types.shapes[g][0]
+        per_jet = int(np.prod(shape, dtype=np.int64))
+        specs.append(GroupSpec(g, tuple(shape), tuple(fields), dtype, weights,
+                               itemsize[g] * per_jet))
     return tuple(specs)
 
 

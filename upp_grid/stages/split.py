@@ -83,6 +83,7 @@ class SplitRecord:
     split_hash: str = ""  # split_hash(config, samples)
     rows: tuple[int, int] | None = None  # [start, stop) of the input; None: the whole file
     samples: tuple[str, ...] = ()  # the samples the input was split for
+    reweight_fields: tuple[str, ...] = ()  # reweight_fields(config) of the split
 
     def check(self) -> None:
         """Jets read must equal jets written plus jets in no component, exactly."""
@@ -139,25 +140,30 @@ def kept_fields(config: Config, group: str, split: str, names: Sequence[str]) ->
     return [n for n in names if n in keep]
 
 
+def reweight_fields(config: Config) -> list[str]:
+    """``group.field`` of every reweight and class variable: what the train and val outputs
+    keep for the reweighting (an output keeping these serves any config needing a subset)."""
+    reweights = config.reweighting.reweights if config.reweighting else ()
+    return sorted({f"{rw.group}.{v}" for rw in reweights
+                   for v in (*rw.reweight_vars, rw.class_var)})
+
+
 def split_hash(config: Config, samples: Sequence[str] | None = None) -> str:
     """Hash of the parts of the config (and of the format) that change split outputs: of the
     inputs of ``samples`` (default: all).
 
-    Of the components only those of ``samples`` count, with the flavour order (it gives the
-    labels), so a config narrowed to one sample reuses that sample's split. Of the reweighting
-    only the fields the outputs keep count (group, variables, class variable), so new bins or
-    targets reuse the split. Every unit's record and the catalogue hold this hash, and every
-    later stage checks it.
+    Of the components only those of ``samples`` count (not their jet caps, which the split
+    does not apply), with the flavour order (it gives the labels), so a config narrowed to one
+    sample reuses that sample's split. The reweighting is not in it: the fields it needs are
+    recorded apart (:func:`reweight_fields`), and outputs keeping more of them serve a config
+    that needs fewer, so new bins, targets or fewer reweights reuse the split. Every unit's
+    record and the catalogue hold this hash, and every later stage checks it.
     """
     data: dict = {k: config.raw.get(k) for k in ("variables", "global_cuts")}
     comps = [c for c in config.components if samples is None or c.sample.name in samples]
     data["components"] = [[c.region.name, repr(c.region.cuts), c.sample.name,
-                           list(c.sample.patterns), c.flavour.name, c.num_jets, c.num_jets_val,
-                           c.num_jets_test] for c in comps]
+                           list(c.sample.patterns), c.flavour.name] for c in comps]
     data["flavours"] = list(config.flavour_names)
-    reweights = config.reweighting.reweights if config.reweighting else ()
-    data["reweight_fields"] = sorted({(rw.group, *rw.reweight_vars, rw.class_var)
-                                      for rw in reweights})
     text = json.dumps(data, sort_keys=True, default=str) + f"{config.jets_name}:{SPLIT_FORMAT}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -289,7 +295,7 @@ def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str]
     record = SplitRecord(str(path), 0, input_size=stat.st_size,
                          input_mtime_ns=stat.st_mtime_ns, split_hash=split_hash(config, samples),
                          rows=None if rows is None else (int(rows[0]), int(rows[1])),
-                         samples=tuple(samples))
+                         samples=tuple(samples), reweight_fields=tuple(reweight_fields(config)))
     with open_input(path, chunk_cache=False) as f:
         try:
             _split_open_file(config, f, path, out_dir, outputs, record, progress,
@@ -462,6 +468,7 @@ def read_record(unit_dir: Path) -> SplitRecord | None:
         if data.get("rows") is not None:
             data["rows"] = (int(data["rows"][0]), int(data["rows"][1]))
         data["samples"] = tuple(data.get("samples", ()))
+        data["reweight_fields"] = tuple(data.get("reweight_fields", ()))
         return SplitRecord(**data)
     except (OSError, ValueError, TypeError):
         return None

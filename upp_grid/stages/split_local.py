@@ -38,6 +38,7 @@ import h5py
 from upp_grid.config import Config
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
 from upp_grid.h5io import short_error
+from upp_grid.input_types import file_types
 from upp_grid.inputs import Container, container_files, find_containers
 from upp_grid.stages.catalogue import Catalogue, write_catalogue
 from upp_grid.stages.split import (
@@ -46,6 +47,7 @@ from upp_grid.stages.split import (
     declared_outputs,
     input_rows,
     read_record,
+    reweight_fields,
     row_parts,
     split_file,
     split_hash,
@@ -229,7 +231,9 @@ def _complete_record(out_dir: Path, path: Path, samples: Sequence[str], config: 
     if rec is None or rec.rows != rows:
         return None
     stat = path.stat()
-    if (rec.split_hash != split_hash(config, samples) or rec.input_size != stat.st_size
+    if (rec.split_hash != split_hash(config, samples)
+            or not set(reweight_fields(config)) <= set(rec.reweight_fields)
+            or rec.input_size != stat.st_size
             or rec.input_mtime_ns != stat.st_mtime_ns):
         return None
     expected = {o.name: o.filename for o in declared_outputs(config, samples)}
@@ -512,6 +516,10 @@ def split_stage(config: Config, container: str | None = None,
     if capped:
         log.warning("num_jets caps are not applied when reweighting (as in UPP): all jets of "
                     "%s are kept", ", ".join(capped))
+    inputs = files if files is not None else [
+        p for c in find_containers(config) if container in (None, c.pattern, c.sample)
+        for p in c.files]
+    file_types(inputs, dict.fromkeys(config.variables))  # one kind per field, or stop here
     summary = run_split(config, container, files, workers, overwrite, progress, total,
                         min_part_jets)
     if summary.failures:
