@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from upp_grid.config import Config
@@ -27,6 +27,7 @@ class CheckReport:
 
     containers: tuple[ContainerReport, ...]
     problems: tuple[str, ...]
+    nonfinite: dict[str, int] = field(default_factory=dict)  # NaN/inf in the first chunks
 
 
 def check_inputs(config: Config) -> CheckReport:
@@ -40,14 +41,31 @@ def check_inputs(config: Config) -> CheckReport:
     need = required_fields(config)
     roles = field_roles(config)
     types = FieldTypes()
+    nonfinite: dict[str, int] = {}
     reports, problems = [], []
     for container in find_containers(config):
         counts = []
         for path in container.files:
             try:
-                counts.append(check_file(Path(path), need, roles, types, config.jets_name))
+                counts.append(check_file(Path(path), need, roles, types, config.jets_name,
+                                         nonfinite))
             except InputError as err:
                 problems.append(str(err))
                 counts.append(0)
         reports.append(ContainerReport(container, tuple(counts)))
-    return CheckReport(tuple(reports), tuple(problems))
+    if config.global_.nan_policy == "error":
+        problems += [f"{key}: {n} NaN/inf values in the first chunks of the inputs "
+                     "(global.nan_policy: error)" for key, n in sorted(nonfinite.items())
+                     if key.partition(".")[2] in _training_variables(config, key)]
+    return CheckReport(tuple(reports), tuple(problems), nonfinite)
+
+
+def _training_variables(config: Config, key: str) -> tuple[str, ...]:
+    """The training variables of ``key``'s group that pass NaN on: a jet with NaN in a cut or
+    jets reweight variable goes to no component instead (the split counts it)."""
+    group = key.partition(".")[0]
+    if group not in config.variables:
+        return ()
+    guarded = field_roles(config).numbers.get(group, frozenset()) \
+        if group == config.jets_name else frozenset()
+    return tuple(v for v in config.variables[group].inputs if v not in guarded)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from upp_grid import __version__
-from upp_grid.errors import ConfigError, UppGridError
+from upp_grid.errors import ConfigError, UppGridError, is_disk_full, written_path
 
 log = logging.getLogger("upp_grid")
 
@@ -471,6 +471,13 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         if verbose:
             raise
+        if is_disk_full(err):
+            command = next((a for a in args if not a.startswith("-")), "upp-grid")
+            where = written_path(err) or "its outputs"
+            click.echo(f"upp-grid: error: {command}: no space left on device writing {where}; "
+                       "free some space and rerun (complete outputs are kept, partial ones "
+                       "were removed)", err=True)
+            sys.exit(1)
         click.echo(f"upp-grid: error: {err}", err=True)
         sys.exit(1)
     except Exception as err:  # last resort, still one line

@@ -78,6 +78,7 @@ SECTIONS = ("variables", "global_cuts", "components", "global", "reweighting")
 IGNORED_SECTIONS = ("resampling", "plotting", "transform", "umami", "auto_counts")
 PRECISIONS = ("half", "full")
 COMPRESSIONS = ("gzip", "lzf", "none")
+NAN_POLICIES = ("pass", "error")
 DEFAULT_FULL_PRECISION_VARS = ("pt", "pt_btagJes", "energy", "mass")
 
 # UPP's object-agnostic names -> the names used here
@@ -169,6 +170,7 @@ class GlobalConfig:
     compression: str = "gzip"
     seed: int = 42
     class_category: str = "standard"
+    nan_policy: str = "pass"  # NaN/inf in a training variable: "pass" (warn) or "error"
 
 
 @dataclass(frozen=True)
@@ -490,6 +492,7 @@ GLOBAL_KEYS = (
     "compression",
     "seed",
     "class_category",
+    "nan_policy",
 )
 
 
@@ -526,6 +529,7 @@ def _parse_global(r: Reader, config_path: Path) -> GlobalConfig:
         class_category=r.get(
             "class_category", str, default="standard", check=one_of(("standard", "extended"))
         ),
+        nan_policy=r.get("nan_policy", str, default="pass", check=one_of(NAN_POLICIES)),
     )
 
 

@@ -26,3 +26,21 @@ class InputError(UppGridError):
 
 class BookkeepingError(UppGridError):
     """Jets expected and jets written differ: a stage refuses to publish its outputs."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a write that failed for lack of space (ENOSPC or a quota)."""
+    import errno
+
+    return isinstance(err, OSError) and (
+        err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err))
+
+
+def written_path(err: OSError) -> str | None:
+    """The file a failed write was writing, from the error (h5py puts it in the message)."""
+    import re
+
+    if err.filename:
+        return str(err.filename)
+    found = re.search(r"filename = '([^']+)'", str(err))
+    return found[1] if found else None

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _HASH_BLOCK = 4 * 2**20
 
@@ -72,3 +77,31 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
+
+
+_STALE = re.compile(r"^\..+\.tmp-(\d+)$|^\.sandbox-(\d+)$")
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove what killed runs left in ``directory`` (not below it): hidden temporary files
+    ``.<name>.tmp-<pid>`` and unpacked-sandbox staging ``.sandbox-<pid>`` of other processes.
+
+    Only call it holding the base_dir's writer lock (:mod:`upp_grid.lock`): then no other
+    process writes there, and every such entry of another pid is a leftover."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STALE.match(entry.name)
+        if not match or int(match[1] or match[2]) == os.getpid():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d leftovers of killed runs in %s", len(removed), directory)
+    return removed

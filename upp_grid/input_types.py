@@ -116,8 +116,10 @@ class FieldRoles:
     integers: Mapping[str, frozenset[str]]  # class variables
 
 
-def check_contents(path: Path, f: h5py.File, jets_name: str, roles: FieldRoles) -> None:
-    """Check the shapes and field kinds of every needed dataset and decode its first chunk.
+def check_contents(path: Path, f: h5py.File, jets_name: str, roles: FieldRoles,
+                   nonfinite: dict[str, int] | None = None) -> None:
+    """Check the shapes and field kinds of every needed dataset and decode its first chunk;
+    add the NaN/inf of its float fields there (valid entries) to ``nonfinite``.
 
     Raises
     ------
@@ -153,3 +155,15 @@ def check_contents(path: Path, f: h5py.File, jets_name: str, roles: FieldRoles) 
         if want == 2 and "valid" in names and rows and not first["valid"].any():
             raise InputError(f"{path}: dataset '{group}' has no valid entry in its first "
                              f"{rows} jets: is 'valid' filled?")
+        if nonfinite is not None:
+            _count_nonfinite(group, first, nonfinite)
+
+
+def _count_nonfinite(group: str, rows: np.ndarray, out: dict[str, int]) -> None:
+    valid = rows["valid"] if rows.ndim == 2 and "valid" in (rows.dtype.names or ()) else None
+    for name in rows.dtype.names or ():
+        if rows.dtype.fields[name][0].kind == "f":
+            bad = ~np.isfinite(rows[name])
+            n = int(np.count_nonzero(bad if valid is None else bad & valid))
+            if n:
+                out[f"{group}.{name}"] = out.get(f"{group}.{name}", 0) + n

@@ -110,7 +110,8 @@ def field_roles(config: Config) -> FieldRoles:
 
 
 def check_file(path: Path, need: dict[str, set[str]], roles: FieldRoles | None = None,
-               types: FieldTypes | None = None, jets_name: str = "jets") -> int:
+               types: FieldTypes | None = None, jets_name: str = "jets",
+               nonfinite: dict[str, int] | None = None) -> int:
     """Check one input file has every needed dataset and field; return its number of jets.
 
     With ``roles``, also the shapes, kinds and first chunk of its datasets
@@ -137,7 +138,7 @@ def check_file(path: Path, need: dict[str, set[str]], roles: FieldRoles | None =
                                          f"{_suggest(field, names)}")
                 counts[group] = ds.shape[0]
             if roles is not None:
-                check_contents(path, f, jets_name, roles)
+                check_contents(path, f, jets_name, roles, nonfinite)
             for group in sorted(need) if types is not None else ():
                 ds = f[group]
                 if ds.dtype.names is not None:  # after its own checks: they say more

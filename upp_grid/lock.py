@@ -33,6 +33,7 @@ from upp_grid.errors import UppGridError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".upp-grid.lock"
+FLOCK_WAIT_S = 10.0  # the flock is held for microseconds: this is only reached when suspended
 
 
 class BaseDirBusyError(UppGridError):
@@ -122,9 +123,20 @@ def writer_lock(base_dir: Path, command: str | None = None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[int]:
+    """The lock file, under an exclusive flock held for a read and a write, never during
+    work. Never waits forever: a holder suspended right there (Ctrl-Z) is an error."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for a read and a write, never during work
+        deadline = time.monotonic() + FLOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BaseDirBusyError(f"{path}: held by a suspended process for over "
+                                           f"{FLOCK_WAIT_S:.0f} s (see `fuser {path}`)") from None
+                time.sleep(0.01)
         yield fd
     finally:
         os.close(fd)  # releases the flock

@@ -63,6 +63,10 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
             cont.add_row(rep.container.sample, rep.container.pattern,
                          str(len(rep.container.files)), f"{rep.num_jets:,}")
         con.print(cont)
+        if report.nonfinite:
+            found = ", ".join(f"{k} {n:,}" for k, n in sorted(report.nonfinite.items()))
+            con.print(f"[yellow]NaN/inf in the first chunk of the inputs[/yellow]: {found} "
+                      f"(global.nan_policy: {config.global_.nan_policy})")
 
     if config.reweighting:
         rws = Table(title=f"reweights ({len(config.reweighting.reweights)})")
@@ -96,6 +100,17 @@ def print_split_summary(config: Config, summary, cat) -> None:
             totals[s] += per[s]
     table.add_row("[bold]total", *(f"{v:,}" for v in totals.values()))
     con.print(table)
+    dropped = sum(rec.nonfinite_dropped for rec in inputs)
+    if dropped:
+        con.print(f"of the jets in no component, {dropped:,} had NaN/inf in a cut or jets "
+                  "reweight variable")
+    found: dict[str, int] = {}
+    for rec in inputs:
+        for key, n in rec.nonfinite.items():
+            found[key] = found.get(key, 0) + n
+    if found:
+        con.print("NaN/inf in the jets written: "
+                  + ", ".join(f"{k} {n:,}" for k, n in sorted(found.items())))
     flav = Table(title=f"catalogue {config.global_.components_dir}/organised-components.yaml")
     flav.add_column("flavour")
     for s in SPLITS:
@@ -196,6 +211,9 @@ def print_norm_result(result: NormResult) -> None:
     entries = ", ".join(f"{g} {n:,}" for g, n in result.entries.items())
     con.print(f"norm ({how}) over {result.num_jets:,} train jets in {len(result.files)} files; "
               f"entries used: {entries}")
+    if result.nonfinite:
+        left = ", ".join(f"{k} {n:,}" for k, n in sorted(result.nonfinite.items()))
+        con.print(f"NaN/inf left out of the statistics: {left}")
     con.print(f"wrote {result.norm_path}\nwrote {result.class_path}")
 
 
@@ -226,5 +244,8 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
     if summary.plots:
         where = Path(os.path.commonpath([str(Path(p).parent) for p in summary.plots]))
         con.print(f"plots: {len(summary.plots)} files under {where}")
+    if summary.norm.nonfinite:
+        left = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.norm.nonfinite.items()))
+        con.print(f"NaN/inf left out of the statistics: {left}")
     con.print(f"histograms {summary.histograms}\nnorm {summary.norm.norm_path} "
               f"({summary.norm.num_jets:,} train jets)\nclasses {summary.norm.class_path}")

@@ -210,6 +210,7 @@ def wait_for_lock(base: Path, proc: subprocess.Popen[str]) -> dict:
     for _ in range(600):
         text = (base / LOCK_NAME).read_text() if (base / LOCK_NAME).exists() else ""
         if text.strip() and json.loads(text)["pid"] == proc.pid:
+            time.sleep(0.3)  # out of the lock's microsecond read-write section
             os.killpg(proc.pid, signal.SIGSTOP)
             return json.loads(text)
         assert proc.poll() is None, proc.communicate()

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from upp_grid.errors import UppGridError
+from upp_grid.fsutil import remove_stale_temps
 from upp_grid.grid import backend as states
 from upp_grid.grid import sandbox as sandboxes
 from upp_grid.grid.backend import ActionReport, FailedJob, RetryParams, TaskAction
@@ -202,6 +203,7 @@ class LocalBackend:
         mark = target / _UNPACKED_MARK
         if mark.is_file() and mark.read_text() == sha:
             return target
+        remove_stale_temps(work)  # a killed run's half-unpacked sandbox
         staging = work / f".sandbox-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         log.info("unpacking %s into %s", sandbox, target)

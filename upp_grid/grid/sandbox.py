@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import upp_grid
-from upp_grid.fsutil import atomic_path, write_json_atomic
+from upp_grid.fsutil import atomic_path, remove_stale_temps, write_json_atomic
 from upp_grid.grid import sandbox_members as allow
 from upp_grid.grid.safe_tar import safe_members
 from upp_grid.grid.sandbox_members import Member, SandboxError
@@ -250,6 +250,7 @@ def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL,
     """Write a deterministic ``.tar.gz`` atomically; returns its size in bytes. With
     ``hashes``, a file whose content differs from its scanned hash is an error."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent)  # a killed build's partial tarball
     with atomic_path(out) as tmp, tmp.open("wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
                           mtime=0) as gz, \

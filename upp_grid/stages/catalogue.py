@@ -27,7 +27,7 @@ import yaml
 
 from upp_grid.config import SPLITS, Config
 from upp_grid.errors import BookkeepingError, InputError
-from upp_grid.fsutil import write_text_atomic
+from upp_grid.fsutil import remove_stale_temps, write_text_atomic
 from upp_grid.h5io import open_input
 from upp_grid.stages.split import reweight_fields, split_hash
 
@@ -160,6 +160,7 @@ def write_catalogue(config: Config, expected: dict[str, dict[str, int]] | None =
     counts on disk must equal it exactly or nothing is written.
     """
     cat = build_catalogue(config)
+    remove_stale_temps(config.global_.components_dir)
     if expected is not None:
         for split in SPLITS:
             for comp, n in expected.get(split, {}).items():

@@ -71,6 +71,7 @@ import numpy as np
 from upp_grid import __version__
 from upp_grid.config import SPLITS, Config
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
+from upp_grid.fsutil import remove_stale_temps
 from upp_grid.h5io import (
     JETS_CHUNK,
     AtomicH5Writer,
@@ -95,6 +96,7 @@ from upp_grid.stages.normalise import (
     STATS_ATTR,
     NormSpec,
     Stats,
+    count_nonfinite,
     group_stats,
     norm_spec,
     stats_attr,
@@ -424,7 +426,11 @@ def route(task: RouteTask, hists: Mapping[str, ReweightHists]) -> RouteResult:
             stop = start + int(counts.sum())
             for g in task.groups:
                 out = final_rows(g, read_rows(dsets[g.name], start, stop), sel, hists, overflow)
-                scratch[g.name].write(as_bytes(out).reshape(-1).data)
+                try:
+                    scratch[g.name].write(as_bytes(out).reshape(-1).data)
+                except OSError as err:  # name the file: a full disk says where
+                    raise OSError(err.errno, err.strerror,
+                                  str(scratch_file(task.scratch, g.name))) from None
     return RouteResult(task.num_jets, frozenset(overflow))
 
 
@@ -526,7 +532,7 @@ class WriteTask:
     expected: Mapping[str, int]
     attrs: Mapping[str, Any]
     seed: tuple[int, ...]
-    norm: NormSpec | None  # train: cache the unweighted norm stats of the rows written
+    norm: NormSpec  # the training variables; train: cache the norm stats of the rows written
 
 
 @dataclass(frozen=True)
@@ -536,6 +542,7 @@ class FileResult:
     path: Path
     num_jets: int
     jet_counts: Mapping[str, int]
+    nonfinite: Mapping[str, int]  # NaN/inf per training variable (valid entries)
 
 
 def write_tasks(plan: MergePlan, todo: Sequence[int], tasks: Sequence[RouteTask],
@@ -551,8 +558,7 @@ def write_tasks(plan: MergePlan, todo: Sequence[int], tasks: Sequence[RouteTask]
         base = np.concatenate([[0], np.cumsum(written[ids].sum(axis=1))[:-1]])
         offsets[ids] = base[:, None] + np.cumsum(written[ids], axis=1) - written[ids]
     prefixes = tuple(t.scratch for t in tasks)
-    norm = (norm_spec(config, {g.name: g.dtype for g in plan.groups}, None)
-            if plan.split == "train" else None)
+    norm = norm_spec(config, {g.name: g.dtype for g in plan.groups}, None)
     out = []
     for k in todo:
         buckets = []
@@ -591,24 +597,28 @@ def write_file(task: WriteTask) -> FileResult:
     fds: dict[tuple[int, str], int] = {}
     try:
         with AtomicH5Writer(task.path, spec, output_codec(task.compression)) as w:
-            written = _write_buckets(task, w, fds)
+            written, nonfinite = _write_buckets(task, w, fds)
             if written != dict(task.expected):
                 raise BookkeepingError(f"{task.path}: wrote {written} jets per flavour, the "
                                        f"plan has {dict(task.expected)}")
             _set_attrs(w.file, task, written)
+            w.file.attrs["nonfinite_counts"] = json.dumps(nonfinite, sort_keys=True)
             n = w.commit(expected=task.size)
     finally:
         for fd in fds.values():
             os.close(fd)
-    return FileResult(task.split, task.index, task.path, n, written)
+    return FileResult(task.split, task.index, task.path, n, written, nonfinite)
 
 
 def _write_buckets(task: WriteTask, w: AtomicH5Writer, fds: dict[tuple[int, str], int]
-                   ) -> dict[str, int]:
+                   ) -> tuple[dict[str, int], dict[str, int]]:
     """Append every bucket, shuffled; returns the jets written per flavour (counted from the
-    rows) and, for train, caches the norm statistics of the rows in the file's attributes."""
+    rows) and the NaN/inf per training variable. For train, caches the norm statistics of the
+    rows in the file's attributes (they count the NaN/inf they leave out)."""
     counts = np.zeros(len(task.flavour_names), dtype=np.int64)
     stats = Stats(jets=task.size)
+    nonfinite: dict[str, int] = {}
+    train = task.split == "train"
     for b in task.buckets:
         pos = np.random.default_rng([*task.seed, 2, b.bucket]).permutation(b.size)
         order = np.argsort(pos)  # output row pos[k] holds gathered row k
@@ -616,12 +626,16 @@ def _write_buckets(task: WriteTask, w: AtomicH5Writer, fds: dict[tuple[int, str]
             rows = gather(b, g, order, task.scratch, fds)
             if g.name == task.jets_name:
                 counts += np.bincount(rows[FLAVOUR_LABEL], minlength=len(counts))[:len(counts)]
-            if task.norm is not None:
+            if train:
                 stats.add(group_stats(task.norm, g.name, rows))
+            else:
+                for key, n in count_nonfinite(task.norm, g.name, rows).items():
+                    nonfinite[key] = nonfinite.get(key, 0) + n
             w.append(g.name, rows)
-    if task.norm is not None:
+    if train:
         w.file.attrs[STATS_ATTR] = stats_attr(task.norm, stats)
-    return dict(zip(task.flavour_names, (int(c) for c in counts), strict=True))
+        nonfinite = stats.nonfinite()
+    return dict(zip(task.flavour_names, (int(c) for c in counts), strict=True)), nonfinite
 
 
 def gather(b: BucketSlices, g: GroupSpec, order: np.ndarray, prefixes: Sequence[Path],
@@ -897,7 +911,14 @@ def merge_stage(config: Config, splits: Sequence[str] = SPLITS,
     t0 = time.perf_counter()
     advance = progress or (lambda n: None)
     with _exclusive(config.global_.out_dir):
-        out = _merge(config, splits, advance)
+        remove_stale_temps(config.global_.out_dir)
+        try:
+            out = _merge(config, splits, advance)
+        except BaseException:  # scratch is raw rows, rebuilt by a rerun: never left behind
+            for split in splits:
+                shutil.rmtree(SplitPaths(config.global_.out_dir, split).scratch,
+                              ignore_errors=True)
+            raise
     order = {s: i for i, s in enumerate(splits)}
     return MergeSummary(tuple(sorted(out, key=lambda r: order[r.split])),
                         time.perf_counter() - t0)
@@ -982,7 +1003,8 @@ def _finish(config: Config, cat: Catalogue, jobs: Sequence[_SplitJob],
     try:
         totals = {j.plan.split: check_bookkeeping(j.plan, cat, written[j.plan.split])
                   for j in jobs}
-    except BookkeepingError:
+        _check_nonfinite(config, results)
+    except UppGridError:
         for j in jobs:
             shutil.rmtree(j.paths.staging, ignore_errors=True)
         raise
@@ -1007,6 +1029,23 @@ def _set_hists(hists: Mapping[str, ReweightHists]) -> None:
 
 def _route_with_hists(task: RouteTask) -> RouteResult:
     return route(task, _HISTS["merge"])
+
+
+def _check_nonfinite(config: Config, results: Sequence[FileResult]) -> None:
+    """One warning line per training variable with NaN/inf in the files written, or with
+    ``global.nan_policy: error`` an error naming it and a file (nothing is published)."""
+    totals: dict[str, int] = {}
+    where: dict[str, Path] = {}
+    for r in sorted(results, key=lambda r: (r.split, r.index)):
+        for key, n in r.nonfinite.items():
+            totals[key] = totals.get(key, 0) + n
+            where.setdefault(key, r.path)
+    for key, n in sorted(totals.items()):
+        if config.global_.nan_policy == "error":
+            raise InputError(f"{key}: {n} NaN/inf values in the merged files (e.g. "
+                             f"{where[key].name}; global.nan_policy: error): nothing published")
+        log.warning("%s: %d NaN/inf values in the merged files, passed through to training "
+                    "(the norm leaves them out; global.nan_policy: error refuses them)", key, n)
 
 
 def _run(fn: Callable[[T], R], tasks: Sequence[T], nproc: int,

@@ -41,7 +41,7 @@ import yaml
 from upp_grid import __version__
 from upp_grid.config import Config
 from upp_grid.errors import UppGridError
-from upp_grid.fsutil import write_text_atomic
+from upp_grid.fsutil import remove_stale_temps, write_text_atomic
 from upp_grid.h5io import JETS_CHUNK, batch_ranges, dataset, open_input, read_rows
 from upp_grid.inputs import FLAVOUR_LABEL
 
@@ -65,43 +65,48 @@ class Moments:
     mean: float = 0.0
     m2: float = 0.0
     entries: int = 0
+    nonfinite: int = 0  # NaN/inf entries left out of the statistics
 
     @staticmethod
     def of(x: np.ndarray, w: np.ndarray | None = None) -> Moments:
-        """Moments of ``x`` (float64 arithmetic, no BLAS), NaN entries skipped."""
+        """Moments of ``x`` (float64 arithmetic, no BLAS), NaN and ±inf entries left out (and
+        counted). The sum is taken anyway: only a non-finite sum costs a second pass."""
         x = np.asarray(x, dtype=np.float64)
-        total_x = x.sum() if w is None else None
-        if total_x is None or np.isnan(total_x):
-            keep = ~np.isnan(x)
-            if not keep.all():
-                x, w = x[keep], (None if w is None else w[keep])
+        total_x = x.sum()
+        bad = 0
+        if not np.isfinite(total_x):
+            keep = np.isfinite(x)
+            bad = len(x) - int(np.count_nonzero(keep))
+            x, w = x[keep], (None if w is None else w[keep])
             total_x = x.sum()
         if not len(x):
-            return Moments()
+            return Moments(nonfinite=bad)
         if w is None:
             total, mean = float(len(x)), float(total_x) / len(x)
             d = x - mean
-            return Moments(total, mean, float(np.square(d, out=d).sum()), len(x))
+            return Moments(total, mean, float(np.square(d, out=d).sum()), len(x), bad)
         w = np.asarray(w, dtype=np.float64)
         total = float(w.sum())
         if total <= 0:
-            return Moments(0.0, 0.0, 0.0, len(x))
+            return Moments(0.0, 0.0, 0.0, len(x), bad)
         mean = float((w * x).sum()) / total
         d = x - mean
         np.square(d, out=d)
-        return Moments(total, mean, float((d * w).sum()), len(x))
+        return Moments(total, mean, float((d * w).sum()), len(x), bad)
 
     def combine(self, other: Moments) -> Moments:
         """Chan et al.'s pairwise update: the moments of both sets together."""
+        bad = self.nonfinite + other.nonfinite
         if other.weight == 0:
-            return Moments(self.weight, self.mean, self.m2, self.entries + other.entries)
+            return Moments(self.weight, self.mean, self.m2, self.entries + other.entries, bad)
         if self.weight == 0:
-            return Moments(other.weight, other.mean, other.m2, self.entries + other.entries)
+            return Moments(other.weight, other.mean, other.m2, self.entries + other.entries,
+                           bad)
         total = self.weight + other.weight
         delta = other.mean - self.mean
         return Moments(total, self.mean + delta * other.weight / total,
                        self.m2 + other.m2 + delta * delta * self.weight * other.weight / total,
-                       self.entries + other.entries)
+                       self.entries + other.entries, bad)
 
     @property
     def std(self) -> float:
@@ -135,11 +140,17 @@ class Stats:
             self.entries[g] = self.entries.get(g, 0) + n
 
 
+    def nonfinite(self) -> dict[str, int]:
+        """``group.variable`` -> NaN/inf entries left out, for the variables that had any."""
+        return {f"{g}.{v}": m.nonfinite for g, per in self.moments.items()
+                for v, m in per.items() if m.nonfinite}
+
     def to_json(self) -> str:
         """Exact JSON form (floats round-trip), for the cache in merged file attributes."""
         return json.dumps({
             "jets": self.jets, "entries": self.entries,
-            "moments": {g: {v: [m.weight, m.mean, m.m2, m.entries] for v, m in per.items()}
+            "moments": {g: {v: [m.weight, m.mean, m.m2, m.entries, m.nonfinite]
+                            for v, m in per.items()}
                         for g, per in self.moments.items()},
             "classes": {g: {v: {str(k): n for k, n in c.items()} for v, c in per.items()}
                         for g, per in self.classes.items()}})
@@ -246,6 +257,22 @@ def group_stats(spec: NormSpec, group: str, arr: np.ndarray,
                  0, {group: len(arr)})
 
 
+def count_nonfinite(spec: NormSpec, group: str, arr: np.ndarray) -> dict[str, int]:
+    """NaN/inf values per training variable of ``group`` over its valid entries (``valid``
+    of track-like groups): one sum per variable; only a non-finite sum costs a count."""
+    out = {}
+    for name in spec.inputs[group]:
+        x = arr[name]
+        if x.dtype.kind != "f" or np.isfinite(x.sum(dtype=np.float64)):
+            continue
+        bad = ~np.isfinite(x)
+        if arr.ndim > 1:
+            bad &= arr["valid"]
+        if n := int(np.count_nonzero(bad)):
+            out[f"{group}.{name}"] = n
+    return out
+
+
 def valid_entries(arr: np.ndarray, flat_index: np.ndarray) -> np.ndarray:
     """Entries ``flat_index`` of a C-contiguous 2-D structured array, as a 1-D array.
 
@@ -284,6 +311,7 @@ class NormResult:
     entries: Mapping[str, int]  # group -> entries used (valid tracks for track groups)
     files: tuple[Path, ...]
     weight: str | None
+    nonfinite: Mapping[str, int] = field(default_factory=dict)  # NaN/inf left out, per var
 
 
 def norm_paths(config: Config) -> tuple[Path, Path]:
@@ -340,6 +368,7 @@ def norm_stage(config: Config, weighted: bool = False, weight: str | None = None
     """
     from upp_grid.stages.merge import merge_record, merged_files  # merge imports this module
 
+    remove_stale_temps(config.global_.out_dir)
     outputs = merged_files(config, "train")
     merge_hash = str(merge_record(config, "train")["plan_hash"])
     files = tuple(o.path for o in outputs)
@@ -358,8 +387,11 @@ def norm_stage(config: Config, weighted: bool = False, weight: str | None = None
              "merge; %s", total.jets, len(files),
              ", ".join(f"{g}: {n} entries" for g, n in total.entries.items()),
              f"weighted by {wname}" if wname else "unweighted", total.cached_files, norm_path)
+    for key, n in sorted(total.nonfinite().items()):
+        log.warning("norm: %s: %d NaN/inf values left out of the mean and standard deviation",
+                    key, n)
     return NormResult(norm_path, class_path, norm, classes, total.jets, dict(total.entries),
-                      files, wname)
+                      files, wname, total.nonfinite())
 
 
 def _nproc(config: Config) -> int:
@@ -423,6 +455,7 @@ def _header(total: Stats, files: Sequence[Path], weight: str | None, merge_hash:
     return (f"# upp-grid {__version__} norm: {how}\n"
             f"# from {total.jets} train jets in {len(files)} files under {where}\n"
             f"# merge: {merge_hash} (merge_plan_hash of the train files)\n"
+            f"# NaN/inf left out: {total.nonfinite() or 'none'}\n"
             f"# entries used (valid entries for track groups): {entries}\n")
 
 

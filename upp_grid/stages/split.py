@@ -29,7 +29,7 @@ import numpy as np
 from ftag.cuts import Cut
 
 from upp_grid.config import SPLITS, Component, Config
-from upp_grid.errors import BookkeepingError, InputError
+from upp_grid.errors import BookkeepingError, InputError, is_disk_full
 from upp_grid.h5io import (
     AtomicH5Writer,
     FieldPacker,
@@ -83,6 +83,10 @@ class SplitRecord:
     split_hash: str = ""  # split_hash(config, samples)
     rows: tuple[int, int] | None = None  # [start, stop) of the input; None: the whole file
     samples: tuple[str, ...] = ()  # the samples the input was split for
+    # NaN/inf per jets field over the jets written (see nonfinite_jets); and the jets sent to
+    # no component because a cut or jets reweight variable was NaN/inf (in no_component)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    nonfinite_dropped: int = 0
     reweight_fields: tuple[str, ...] = ()  # reweight_fields(config) of the split
 
     def check(self) -> None:
@@ -169,13 +173,22 @@ def split_hash(config: Config, samples: Sequence[str] | None = None) -> str:
 
 
 class _Router:
-    """Routes each jet to at most one output; evaluates each distinct cut once per batch."""
+    """Routes each jet to at most one output; evaluates each distinct cut once per batch.
+
+    A jet with NaN or ±inf in a cut variable or a jets reweight variable goes to no output
+    (a cut on NaN is not a decision, and such a jet would get weight 0): counted in
+    :attr:`dropped`."""
 
     def __init__(self, config: Config, outputs: list[Output]) -> None:
         self.outputs = outputs
         self.cuts = [config.split_cuts(o.split) + o.component.region.cuts
                      + o.component.flavour.cuts for o in outputs]
         self.overlaps: dict[tuple[int, int], int] = {}
+        reweighted = [v for rw in (config.reweighting.reweights if config.reweighting else ())
+                      if rw.group == config.jets_name for v in rw.reweight_vars]
+        self.guarded = tuple(dict.fromkeys(
+            [v for cuts in self.cuts for v in cuts.variables] + reweighted))
+        self.dropped = 0
 
     def route(self, jets: np.ndarray) -> np.ndarray:
         """Output index per jet (-1: none). Jets in several outputs are counted in
@@ -184,9 +197,14 @@ class _Router:
         n = len(jets)
         dest = np.full(n, -1, dtype=np.int32)
         taken = np.zeros(n, dtype=np.uint16)
+        finite = np.ones(n, dtype=bool)
+        for var in self.guarded:
+            if var in (jets.dtype.names or ()) and jets.dtype.fields[var][0].kind == "f":
+                finite &= np.isfinite(jets[var])
+        self.dropped += n - int(np.count_nonzero(finite))
         masks = []
         for i, cuts in enumerate(self.cuts):
-            m = np.ones(n, dtype=bool)
+            m = finite.copy()
             for cut in cuts:
                 if cut not in cache:
                     cache[cut] = np.asarray(cut(jets), dtype=bool)
@@ -301,6 +319,8 @@ def split_file(config: Config, path: Path, out_dir: Path, samples: Sequence[str]
             _split_open_file(config, f, path, out_dir, outputs, record, progress,
                              buffers or BufferPool())
         except (OSError, RuntimeError, KeyError) as err:  # HDF5 errors not caught closer
+            if is_disk_full(err):
+                raise
             raise InputError(f"{path}: HDF5 error while splitting (corrupt input or "
                              f"unwritable {out_dir}?): {short_error(err)}") from None
     record.check()
@@ -348,6 +368,7 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
             if router.overlaps:  # keep scanning (jets only) to count every duplicate
                 record.jets_read += stop - start
                 continue
+            _count_nonfinite(config, path, plans, jets, dest, start, stop, record)
             per_output = np.bincount(dest + 1, minlength=len(outputs) + 1)
             record.no_component += int(per_output[0])
             counts += per_output[1:]
@@ -358,12 +379,39 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
                 progress(stop - start)
         if router.overlaps:
             raise router.overlap_error(path)
+        record.nonfinite_dropped = router.dropped
         for o, w, n in zip(outputs, writers, counts, strict=True):
             record.outputs[o.name] = w.commit(expected=int(n))
     except BaseException:
         for w in writers:
             w.abort()
         raise
+
+
+def _count_nonfinite(config: Config, path: Path, plans: dict[str, _GroupPlan],
+                     jets: np.ndarray, dest: np.ndarray, start: int, stop: int,
+                     record: SplitRecord) -> None:
+    """Count NaN/inf of every float jets field over the jets written (into ``record``); with
+    ``global.nan_policy: error`` refuse one in a training variable of any group."""
+    written = dest >= 0
+    for name in jets.dtype.names or ():
+        if jets.dtype.fields[name][0].kind == "f":
+            bad = np.count_nonzero(~np.isfinite(jets[name]) & written)
+            if bad:
+                key = f"{config.jets_name}.{name}"
+                record.nonfinite[key] = record.nonfinite.get(key, 0) + int(bad)
+    if config.global_.nan_policy != "error":
+        return
+    for group, variables in config.variables.items():
+        rows = jets if group == config.jets_name else read_rows(plans[group].ds, start, stop,
+                                                               plans[group].buffer)
+        keep = written if rows.ndim == 1 else written[:, None] & rows["valid"]
+        for name in variables.inputs:
+            if name in (rows.dtype.names or ()) and rows.dtype.fields[name][0].kind == "f":
+                bad = int(np.count_nonzero(~np.isfinite(rows[name]) & keep))
+                if bad:
+                    raise InputError(f"{path}: {group}.{name}: {bad} NaN/inf values in rows "
+                                     f"{start}-{stop} (global.nan_policy: error)")
 
 
 def _batch_layout(config: Config, dsets: list[h5py.Dataset]) -> tuple[int, int]:

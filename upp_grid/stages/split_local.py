@@ -86,6 +86,9 @@ class SplitSummary:
             total = out.setdefault(rec.input, SplitRecord(rec.input, 0))
             total.jets_read += rec.jets_read
             total.no_component += rec.no_component
+            total.nonfinite_dropped += rec.nonfinite_dropped
+            for key, n in rec.nonfinite.items():
+                total.nonfinite[key] = total.nonfinite.get(key, 0) + n
             for name, n in rec.outputs.items():
                 total.outputs[name] = total.outputs.get(name, 0) + n
         return list(out.values())
@@ -498,6 +501,23 @@ def expected_counts(records: Sequence[SplitRecord]) -> dict[str, dict[str, int]]
     return out
 
 
+def warn_nonfinite(records: Sequence[SplitRecord]) -> None:
+    """One warning line per jets field with NaN/inf in the split outputs, and one for the jets
+    a NaN/inf in a cut or reweight variable sent to no component."""
+    fields: dict[str, int] = {}
+    for rec in records:
+        for key, n in rec.nonfinite.items():
+            fields[key] = fields.get(key, 0) + n
+    for key, n in sorted(fields.items()):
+        log.warning("%s: %d NaN/inf values in the split outputs, passed through (they reach "
+                    "training if it is a training variable; global.nan_policy: error refuses "
+                    "them)", key, n)
+    dropped = sum(rec.nonfinite_dropped for rec in records)
+    if dropped:
+        log.warning("%d jets with NaN/inf in a cut or jets reweight variable went to no "
+                    "component (counted as such)", dropped)
+
+
 def split_stage(config: Config, container: str | None = None,
                 files: Sequence[Path] | None = None, workers: int | None = None,
                 overwrite: bool = False, progress: Callable[[int], None] | None = None,
@@ -531,6 +551,7 @@ def split_stage(config: Config, container: str | None = None,
         raise UppGridError(f"{n} of {n + len(summary.records)} inputs failed (listed above); "
                            "the others are complete and will be skipped on a rerun")
     check_inputs_whole(summary.records)
+    warn_nonfinite(summary.records)
     full_run = container is None and files is None
     cat = write_catalogue(config, expected_counts(summary.records) if full_run else None)
     return summary, cat

@@ -78,6 +78,7 @@ import yaml
 from upp_grid import __version__
 from upp_grid.config import Config, Reweight
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
+from upp_grid.fsutil import remove_stale_temps
 from upp_grid.h5io import batch_ranges, dataset, open_input
 from upp_grid.stages.catalogue import Catalogue, catalogue_path, read_catalogue
 from upp_grid.stages.histograms import ReweightHists, flat_bins, write_histograms
@@ -476,6 +477,7 @@ def weights_stage(config: Config, plots: bool = True, progress: Progress | None 
     """
     if not config.reweighting or not config.reweighting.reweights:
         raise UppGridError(f"{config.path}: no reweighting section: nothing to weight")
+    remove_stale_temps(config.global_.out_dir)
     t0 = time.perf_counter()
     plotter = _start_plotter() if plots else None
     try:
