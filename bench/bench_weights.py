@@ -45,6 +45,9 @@ UPP_HIST_RW7_S = 2.4
 UPP_STAGE_ONE_S = 3.0
 TARGET_HIST = 10.0
 TARGET_STAGE = 5.0
+# configs/upp-rw-integration.yaml ships sane bins and estimate (issue 12); UPP's test has these
+UPP_RW7_JET_BINS = {"pt": [[20_000, 250_000, 50], [250_000, 1_000_000, 50],
+                           [1_000_000, 6_000_000, 50]], "eta": [[-2.5, 2.5, 40]]}
 CONFIGS = {"demo": common.REPO / "configs" / "demo.yaml",
            "rw7": common.REPO / "configs" / "upp-rw-integration.yaml"}
 
@@ -66,6 +69,11 @@ def prepare(workdir: Path, num_jets: int, name: str) -> Config:
     data = common.load_template(CONFIGS[name])
     if name == "demo":
         data["reweighting"]["num_jets_estimate"] = 1_000_000
+    if name == "rw7":  # UPP's own test values, as UPP's reference time was measured with
+        data["reweighting"]["num_jets_estimate"] = 200
+        for rw in data["reweighting"]["reweights"]:
+            if rw["group"] == "jets":
+                rw["bins"] = UPP_RW7_JET_BINS
     ntuples = common.ensure_ntuples(workdir, num_jets)
     path = common.project_config(workdir / f"{name}-{num_jets}", ntuples, data)
     config = load_config(path)
