@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import re
+
 
 class UppGridError(Exception):
     """An error the user can act on. ``str(err)`` is a single line naming the file/key/dataset."""
@@ -30,16 +33,12 @@ class BookkeepingError(UppGridError):
 
 def is_disk_full(err: BaseException) -> bool:
     """Whether ``err`` is a write that failed for lack of space (ENOSPC or a quota)."""
-    import errno
-
     return isinstance(err, OSError) and (
         err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err))
 
 
 def written_path(err: OSError) -> str | None:
     """The file a failed write was writing, from the error (h5py puts it in the message)."""
-    import re
-
     if err.filename:
         return str(err.filename)
     found = re.search(r"filename = '([^']+)'", str(err))

@@ -118,6 +118,8 @@ def check_inputs_once(root: Path, config: Config | None = None) -> None:
 
     With ``config``, every unit must have been split with its split hash for the unit's
     samples."""
+    hashes: dict[tuple[str, ...], str] = {}  # per samples: the config's split hash
+    needed = set(reweight_fields(config)) if config is not None else set()
     seen: dict[tuple[str, str], list[tuple[int, int, Path]]] = {}
     for record in sorted(root.rglob("split-record.json")):
         rel = record.relative_to(root)
@@ -130,14 +132,15 @@ def check_inputs_once(root: Path, config: Config | None = None) -> None:
             start, stop = int(rows[0]), int(rows[1])
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             raise InputError(f"{record}: unreadable split record") from None
-        expected = None if config is None else split_hash(
-            config, data.get("samples") or [rel.parts[0]])
+        samples = tuple(data.get("samples") or [rel.parts[0]])
+        if config is not None and samples not in hashes:
+            hashes[samples] = split_hash(config, samples)
+        expected = hashes.get(samples)
         if expected is not None and data.get("split_hash") != expected:
             raise InputError(f"{record.parent}: split with another config (split hash "
                              f"{data.get('split_hash') or 'none'}, this config's "
                              f"{expected}): rerun `upp-grid split -c CFG --overwrite`")
-        missing = [] if config is None else sorted(
-            set(reweight_fields(config)) - set(data.get("reweight_fields") or ()))
+        missing = sorted(needed - set(data.get("reweight_fields") or ()))
         if missing:
             raise InputError(f"{record.parent}: split without the reweight variable "
                              f"{missing[0]} the config needs: rerun `upp-grid split -c CFG "

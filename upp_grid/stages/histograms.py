@@ -164,12 +164,19 @@ def _reweight_from(data: Mapping[str, Any]) -> Reweight:
 
 def load_histograms(path: Path) -> dict[str, ReweightHists]:
     """Read a ``histograms.h5`` written by :func:`write_histograms`, keyed by reweight name."""
+    return read_histograms(path)[0]
+
+
+def read_histograms(path: Path) -> tuple[dict[str, ReweightHists], str]:
+    """The reweights of a ``histograms.h5`` and the catalogue digest it was made from ('' if
+    it has none), in one open."""
     out = {}
     with open_input(Path(path)) as f:
+        value = f.attrs.get("catalogue_hash", "")
         for group in f:
             for name in f[group]:
                 out[name] = _read_reweight(f[group][name], path)
-    return out
+    return out, value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _read_reweight(g: h5py.Group, path: Path) -> ReweightHists:
@@ -198,9 +205,3 @@ def content_hash(hists: Mapping[str, ReweightHists]) -> str:
             h.update(np.ascontiguousarray(rh.weights[c], dtype=np.float64).tobytes())
     return h.hexdigest()
 
-
-def catalogue_hash_of(path: Path) -> str:
-    """The catalogue digest a ``histograms.h5`` was made from ('' if it has none)."""
-    with open_input(Path(path)) as f:
-        value = f.attrs.get("catalogue_hash", "")
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -87,10 +87,9 @@ from upp_grid.inputs import FLAVOUR_LABEL
 from upp_grid.stages.catalogue import Catalogue, read_catalogue
 from upp_grid.stages.histograms import (
     ReweightHists,
-    catalogue_hash_of,
     compute_weights,
     content_hash,
-    load_histograms,
+    read_histograms,
 )
 from upp_grid.stages.normalise import (
     STATS_ATTR,
@@ -858,10 +857,10 @@ def load_reweights(config: Config, cat: Catalogue) -> dict[str, ReweightHists]:
     path = histograms_path(config)
     if not path.is_file():
         raise InputError(f"{path}: no histograms (run `upp-grid weights -c CFG` first)")
-    if catalogue_hash_of(path) != cat.digest:
+    hists, made_from = read_histograms(path)
+    if made_from != cat.digest:
         raise InputError(f"{path}: made from other split outputs than the catalogue's (split "
                          "or download ran since): rerun `upp-grid weights -c CFG`")
-    hists = load_histograms(path)
     out = {}
     for rw in config.reweighting.reweights:
         h = hists.get(rw.name)

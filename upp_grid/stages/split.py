@@ -368,7 +368,8 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
             if router.overlaps:  # keep scanning (jets only) to count every duplicate
                 record.jets_read += stop - start
                 continue
-            _count_nonfinite(config, path, plans, jets, dest, start, stop, record)
+            _count_nonfinite(config, path, plans, jets, dest, (start, stop), record,
+                             router.guarded)
             per_output = np.bincount(dest + 1, minlength=len(outputs) + 1)
             record.no_component += int(per_output[0])
             counts += per_output[1:]
@@ -389,13 +390,15 @@ def _split_open_file(config: Config, f: h5py.File, path: Path, out_dir: Path,
 
 
 def _count_nonfinite(config: Config, path: Path, plans: dict[str, _GroupPlan],
-                     jets: np.ndarray, dest: np.ndarray, start: int, stop: int,
-                     record: SplitRecord) -> None:
-    """Count NaN/inf of every float jets field over the jets written (into ``record``); with
-    ``global.nan_policy: error`` refuse one in a training variable of any group."""
+                     jets: np.ndarray, dest: np.ndarray, rows: tuple[int, int],
+                     record: SplitRecord, guarded: tuple[str, ...]) -> None:
+    """Count NaN/inf of every float jets field over the jets written (into ``record``; the
+    ``guarded`` fields are finite there, the router saw to it); with ``global.nan_policy:
+    error`` refuse one in a training variable of any group."""
+    start, stop = rows
     written = dest >= 0
     for name in jets.dtype.names or ():
-        if jets.dtype.fields[name][0].kind == "f":
+        if jets.dtype.fields[name][0].kind == "f" and name not in guarded:
             bad = np.count_nonzero(~np.isfinite(jets[name]) & written)
             if bad:
                 key = f"{config.jets_name}.{name}"
@@ -403,12 +406,12 @@ def _count_nonfinite(config: Config, path: Path, plans: dict[str, _GroupPlan],
     if config.global_.nan_policy != "error":
         return
     for group, variables in config.variables.items():
-        rows = jets if group == config.jets_name else read_rows(plans[group].ds, start, stop,
+        data = jets if group == config.jets_name else read_rows(plans[group].ds, start, stop,
                                                                plans[group].buffer)
-        keep = written if rows.ndim == 1 else written[:, None] & rows["valid"]
+        keep = written if data.ndim == 1 else written[:, None] & data["valid"]
         for name in variables.inputs:
-            if name in (rows.dtype.names or ()) and rows.dtype.fields[name][0].kind == "f":
-                bad = int(np.count_nonzero(~np.isfinite(rows[name]) & keep))
+            if name in (data.dtype.names or ()) and data.dtype.fields[name][0].kind == "f":
+                bad = int(np.count_nonzero(~np.isfinite(data[name]) & keep))
                 if bad:
                     raise InputError(f"{path}: {group}.{name}: {bad} NaN/inf values in rows "
                                      f"{start}-{stop} (global.nan_policy: error)")

@@ -395,13 +395,14 @@ def run_split(config: Config, container: str | None = None,
     """
     _clean_stale(config.global_.components_dir)
     plan = pending_units(config, container, files, overwrite, workers, min_part_jets)
+    inputs = {r.input for r in plan.done} | {str(u.path) for u in plan.todo}
+    file_types(sorted(inputs), dict.fromkeys(config.variables))  # one kind per field, or stop
     for d in plan.stale:
         log.info("removing %s: replaced by this run's split of the same input", d)
         shutil.rmtree(d)
     if plan.done:
         units = len(plan.done) + len(plan.todo)
-        inputs = len({r.input for r in plan.done} | {str(u.path) for u in plan.todo})
-        what = "inputs" if units == inputs else f"parts of {inputs} inputs"
+        what = "inputs" if units == len(inputs) else f"parts of {len(inputs)} inputs"
         log.info("%d of %d %s already split (use --overwrite to redo)", len(plan.done), units,
                  what)
     if total:
@@ -536,10 +537,6 @@ def split_stage(config: Config, container: str | None = None,
     if capped:
         log.warning("num_jets caps are not applied when reweighting (as in UPP): all jets of "
                     "%s are kept", ", ".join(capped))
-    inputs = files if files is not None else [
-        p for c in find_containers(config) if container in (None, c.pattern, c.sample)
-        for p in c.files]
-    file_types(inputs, dict.fromkeys(config.variables))  # one kind per field, or stop here
     summary = run_split(config, container, files, workers, overwrite, progress, total,
                         min_part_jets)
     if summary.failures:

@@ -222,10 +222,11 @@ class Counts:
         values = [entries[v] for v in self.spec.variables]
         flat = flat_bins(self.spec.edge_arrays, values)
         nb = self.spec.n_bins
-        flat[flat < 0] = nb
+        outside = np.flatnonzero(flat < 0)  # few: NaN is told apart among these only
+        flat[outside] = nb
         for x in values:
-            if x.dtype.kind == "f":
-                flat[np.isnan(x)] = nb + 1
+            if x.dtype.kind == "f" and len(outside):
+                flat[outside[np.isnan(x[outside])]] = nb + 1
         classes, code = _class_codes(_integer_classes(entries, self.spec), nb + 2)
         counts = np.bincount(code * (nb + 2) + flat, minlength=len(classes) * (nb + 2))
         for c, row in zip(classes.tolist(), counts.reshape(len(classes), nb + 2), strict=True):
