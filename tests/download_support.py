@@ -75,7 +75,7 @@ def ledger(config_path: Path, tag: str) -> dict[str, dict]:
 
 def read_split(out_dir: Path, split: str) -> dict[str, np.ndarray]:
     """Every group of a merged split, concatenated over its files, ordered by eventNumber."""
-    files = sorted((out_dir / split).glob(f"pp_output_{split}_*.h5"))
+    files = sorted((out_dir / split).glob(f"pp_output_{split}-full_*.h5"))
     assert files, f"no merged {split} files in {out_dir}"
     groups: dict[str, list[np.ndarray]] = {}
     for path in files:

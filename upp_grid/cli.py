@@ -84,7 +84,9 @@ def make_mock_cmd(out_dir: Path, num_jets: int, num_files: int, seed: int) -> No
 
 @cli.command("check")
 @CONFIG_OPTION
-def check_cmd(config_path: Path) -> None:
+@click.option("--config-only", is_flag=True, help="Validate the config and print the plan "
+              "without reading (or needing) the inputs.")
+def check_cmd(config_path: Path, config_only: bool) -> None:
     """Validate the config and its inputs, then print the plan."""
     from upp_grid.check import check_inputs
     from upp_grid.report import print_plan
@@ -97,6 +99,10 @@ def check_cmd(config_path: Path) -> None:
         for problem in err.problems:  # every problem, one line each
             click.echo(f"upp-grid: error: {problem}", err=True)
         sys.exit(1)
+    if config_only:
+        print_plan(config, None)
+        click.echo(f"config OK: {config_path} (inputs not read: --config-only)")
+        return
     report = check_inputs(config)
     print_plan(config, report)
     if len(report.problems) == 1:
@@ -195,6 +201,25 @@ def norm_cmd(config_path: Path, weighted: bool, weight: str | None) -> None:
         result = norm_stage(config, weighted=weighted or weight is not None, weight=weight,
                             progress=advance)
     print_norm_result(result)
+
+
+@cli.command("verify")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+def verify_cmd(out_dir: Path) -> None:
+    """Check that every virtual file in OUT_DIR reads real data: each source found (absolute
+    path, else next to the virtual file), of the rows mapped, and the counts as recorded."""
+    from upp_grid.report import print_verify
+    from upp_grid.stages.verify import verify_dir
+
+    reports = verify_dir(out_dir)
+    print_verify(reports)
+    problems = [p for r in reports for p in r.problems]
+    if len(problems) == 1:
+        raise UppGridError(problems[0])
+    for problem in problems:
+        click.echo(f"upp-grid: error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
 
 
 @cli.command("run")

@@ -33,31 +33,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ftag.cuts import OPERATORS, Cuts
+from ftag.cuts import Cuts
 from ftag.labels import Label
 
 from upp_grid.lazy_ftag import libyaml_safe_load
 
 with libyaml_safe_load():  # ftag.flavours parses its YAML at import time
-    from ftag.flavours import Extended_Flavours, Flavours
+    pass
 
+from upp_grid.config_components import AUTO_JETS as AUTO_JETS
+from upp_grid.config_components import INCLUSIVE as INCLUSIVE
+from upp_grid.config_components import Component, Region, Sample, parse_components
+from upp_grid.config_cuts import parse_cuts, split_overlaps
 from upp_grid.config_reader import (
     Problems,
     Reader,
     closest,
     describe,
-    find_flavour,
-    is_number,
-    mapping_hint,
     normalise_aliases,
-    numeric_str,
     one_of,
     optional,
     path_component,
@@ -67,6 +66,12 @@ from upp_grid.config_reader import (
 )
 from upp_grid.config_reweighting import Reweight as Reweight  # re-exported
 from upp_grid.config_reweighting import Reweighting, parse_reweighting
+from upp_grid.config_upp import (
+    class_ratios,
+    flavour_labels,
+    output_name,
+    resampling_problem,
+)
 from upp_grid.errors import ConfigError
 from upp_grid.yamlload import SourcedDict, load_yaml, to_plain
 
@@ -75,7 +80,10 @@ log = logging.getLogger(__name__)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SECTIONS = ("variables", "global_cuts", "components", "global", "reweighting")
 # UPP sections upp-grid does not use; accepted so UPP configs load unchanged.
-IGNORED_SECTIONS = ("resampling", "plotting", "transform", "umami", "auto_counts")
+IGNORED_SECTIONS = ("plotting", "transform", "umami")
+# Top-level keys of UPP's that are not sections: output names (used) and UPP-only settings.
+TOP_LEVEL_KEYS = ("norm_fname", "class_fname", "auto_counts", "resampling")
+
 PRECISIONS = ("half", "full")
 COMPRESSIONS = ("gzip", "lzf", "none")
 NAN_POLICIES = ("pass", "error")
@@ -108,49 +116,12 @@ class VariableGroup:
     name: str
     inputs: tuple[str, ...]
     labels: tuple[str, ...]
+    selection: Cuts | None = None  # UPP's track selection: entries failing it are made invalid
 
     @property
     def variables(self) -> tuple[str, ...]:
         """Inputs then labels, without duplicates, in config order."""
         return tuple(dict.fromkeys(self.inputs + self.labels))
-
-
-@dataclass(frozen=True)
-class Region:
-    """A named kinematic region (cuts on e.g. ``pt`` in MeV and ``eta``)."""
-
-    name: str
-    cuts: Cuts
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A physics sample. Each pattern is one grid container (a directory of files)."""
-
-    name: str
-    patterns: tuple[str, ...]
-    equal_jets: bool = False
-
-
-@dataclass(frozen=True)
-class Component:
-    """Region x sample x flavour, with a jet cap per split (-1 = all jets)."""
-
-    region: Region
-    sample: Sample
-    flavour: Label
-    num_jets: int
-    num_jets_val: int
-    num_jets_test: int
-
-    @property
-    def name(self) -> str:
-        """UPP's component name ``<region>_<sample>_<flavour>``."""
-        return f"{self.region.name}_{self.sample.name}_{self.flavour.name}"
-
-    def cap(self, split: str) -> int:
-        """Jet cap for ``split`` (-1 means all)."""
-        return {"train": self.num_jets, "val": self.num_jets_val, "test": self.num_jets_test}[split]
 
 
 @dataclass(frozen=True)
@@ -171,6 +142,8 @@ class GlobalConfig:
     seed: int = 42
     class_category: str = "standard"
     nan_policy: str = "pass"  # NaN/inf in a training variable: "pass" (warn) or "error"
+    test_region_cuts: bool = False  # UPP: the test split takes no region cuts
+    class_config: Path | None = None  # custom flavour definitions (atlas-ftag-tools' format)
 
 
 @dataclass(frozen=True)
@@ -184,6 +157,9 @@ class Config:
     components: tuple[Component, ...]
     global_: GlobalConfig
     reweighting: Reweighting | None
+    norm_fname: str = "norm_dict.yaml"
+    class_fname: str = "class_dict.yaml"
+    class_ratios: Mapping[str, float] | None = None  # auto_counts.class_ratios (num_jets: auto)
 
     @property
     def flavours(self) -> tuple[Label, ...]:
@@ -216,6 +192,24 @@ class Config:
     def split_cuts(self, split: str) -> Cuts:
         return self.global_cuts[split]
 
+    def split_components(self, split: str) -> tuple[Component, ...]:
+        """The components ``split`` writes: the config's, except for ``test`` without
+        ``global.test_region_cuts``, where each sample and flavour is one component of the
+        region :data:`INCLUSIVE` (no region cuts; UPP's test split), written once."""
+        if split != "test" or self.global_.test_region_cuts:
+            return self.components
+        inclusive = Region(INCLUSIVE, Cuts.empty())
+        out: dict[tuple[str, str], Component] = {}
+        for c in self.components:
+            out.setdefault((c.sample.name, c.flavour.name), Component(
+                inclusive, c.sample, c.flavour, c.num_jets, c.num_jets_val, c.num_jets_test))
+        return tuple(out.values())
+
+    @property
+    def auto_counts(self) -> bool:
+        """Whether the components ask for ``num_jets: auto``."""
+        return any(c.num_jets == AUTO_JETS for c in self.components)
+
     def resolved_json(self) -> str:
         """The resolved config as JSON (stored in output attrs)."""
         return json.dumps(to_plain(dict(self.raw)), default=str)
@@ -223,75 +217,6 @@ class Config:
     def __reduce__(self) -> tuple:
         # picklable for worker processes: rebuilt from the resolved (already valid) data
         return (parse_config, (dict(self.raw), self.path))
-
-
-# --------------------------------------------------------------------------- cuts
-_OPERATOR_FIXES = {
-    "=": "==",
-    "=<": "<=",
-    "=>": ">=",
-    "=!": "!=",
-    "<>": "!=",
-    "≤": "<=",
-    "≥": ">=",
-    "≠": "!=",
-    "!in": "notin",
-    "not_in": "notin",
-}
-
-
-def _suggest_operator(op: Any) -> str:
-    """A did-you-mean for a cut operator: ``=>`` → ``>=``, ``%10=<`` → ``%10<=``, ``=`` → ``==``."""
-    text = str(op).replace(" ", "").lower()
-    match = re.fullmatch(r"(%\d+)?(.*)", text)
-    mod, rest = (match[1] or "", match[2]) if match else ("", text)
-    for cand in (text, mod + _OPERATOR_FIXES.get(rest, rest), mod + rest[::-1]):
-        if cand in OPERATORS:
-            return f" (did you mean '{cand}'?)"
-    return suggest(op, [o for o in OPERATORS if not o.startswith("%") or o[1:3] == "10"])
-
-
-def _parse_cuts(value: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Cuts | None:
-    """UPP's cut list ``[[var, op, value], ...]`` (or ``"var op value"`` strings) → Cuts."""
-    if value is None:
-        return Cuts.empty()
-    if not isinstance(value, list):
-        p.add(
-            parent,
-            key,
-            keypath,
-            f"expected a list of cuts [variable, operator, value], got {describe(value)}",
-        )
-        return None
-    triples = []
-    for i, cut in enumerate(value):
-        here = f"{keypath}[{i}]"
-        if isinstance(cut, str):
-            cut = cut.split()
-        if not isinstance(cut, list) or len(cut) != 3 or not isinstance(cut[0], str):
-            p.add(value, i, here, f"a cut is [variable, operator, value], got {to_plain(cut)!r}")
-            continue
-        var, op, val = cut
-        if op not in OPERATORS:
-            swapped = any(isinstance(x, str) and x in OPERATORS for x in (var, val))
-            hint = " (a cut is [variable, operator, value])" if swapped else _suggest_operator(op)
-            p.add(value, i, here, f"unknown cut operator '{op}'{hint}")
-            continue
-        if op in ("in", "notin"):
-            if not isinstance(val, list) or not all(is_number(v) for v in val):
-                p.add(
-                    value,
-                    i,
-                    here,
-                    f"operator '{op}' needs a list of numbers, got {to_plain(val)!r}",
-                )
-                continue
-            val = tuple(val)
-        elif not is_number(val) and not (isinstance(val, str) and numeric_str(val)):
-            p.add(value, i, here, f"cut value must be a number, got {to_plain(val)!r}")
-            continue
-        triples.append((var, op, val))
-    return Cuts.from_list(triples) if len(triples) == len(value) else None
 
 
 # --------------------------------------------------------------------------- sections
@@ -305,12 +230,20 @@ def _parse_variables(r: Reader, p: Problems, jets_name: str) -> dict[str, Variab
             p.add(r.data, name, r.sub(name), f"group name {problem}")
             continue
         g = Reader(spec, r.sub(name), p, r.data, name)
-        g.check_keys(("inputs", "labels"), ignored=("selection",))
+        g.check_keys(("inputs", "labels", "selection"))
         inputs = g.str_list("inputs")
         labels = g.str_list("labels")
         if g.ok and not inputs and not labels and not ({"inputs", "labels"} & set(g.data)):
             p.add(r.data, name, r.sub(name), "needs inputs or labels (a list of variables)")
-        groups[name] = VariableGroup(name, inputs, labels)
+        selection = None
+        if g.ok and g.data.get("selection") is not None:
+            selection = parse_cuts(g.data["selection"], g.sub("selection"), p, g.data,
+                                   "selection")
+            if name == jets_name:
+                p.add(g.data, "selection", g.sub("selection"), "a selection applies to the "
+                      "entries of a track-like group, not to jets (cut jets in global_cuts or "
+                      "a region)")
+        groups[name] = VariableGroup(name, inputs, labels, selection or None)
     if r.ok and jets_name not in groups:
         p.add(
             r.data,
@@ -324,7 +257,7 @@ def _parse_variables(r: Reader, p: Problems, jets_name: str) -> dict[str, Variab
 
 def _parse_global_cuts(r: Reader, p: Problems) -> dict[str, Cuts]:
     r.check_keys((*SPLITS, "common"))
-    common = _parse_cuts(r.data.get("common"), r.sub("common"), p, r.data, "common")
+    common = parse_cuts(r.data.get("common"), r.sub("common"), p, r.data, "common")
     out = {}
     for split in SPLITS:
         if split not in r.data:
@@ -337,136 +270,15 @@ def _parse_global_cuts(r: Reader, p: Problems) -> dict[str, Cuts]:
                     f'the {split} split, e.g. [[eventNumber, "%10==", 9]])',
                 )
             continue
-        cuts = _parse_cuts(r.data[split], r.sub(split), p, r.data, split)
+        cuts = parse_cuts(r.data[split], r.sub(split), p, r.data, split)
         if cuts is not None and common is not None:
             out[split] = common + cuts
+    if len(out) == len(SPLITS):
+        for a, b, jet in split_overlaps(out):
+            p.add(r.data, None, "global_cuts", f"the {a} and {b} split cuts overlap: a jet "
+                  f"with {jet} passes both (split cuts must exclude each other, e.g. "
+                  "eventNumber %10<= 7 / %10== 8 / %10== 9)")
     return out
-
-
-def _parse_region(data: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Region | None:
-    r = Reader(data, keypath, p, parent, key)
-    r.check_keys(("name", "cuts"))
-    name = r.get("name", str, required=r.ok, check=path_component)
-    cuts = _parse_cuts(r.data.get("cuts"), r.sub("cuts"), p, r.data, "cuts")
-    if name is None or cuts is None:
-        return None
-    return Region(name, cuts)
-
-
-def _parse_sample(data: Any, keypath: str, p: Problems, parent: Any, key: Any) -> Sample | None:
-    r = Reader(data, keypath, p, parent, key)
-    r.check_keys(
-        ("name", "pattern", "equal_jets"), ignored=("vds_dir", "skip_checks", "sample_weight")
-    )
-    name = r.get("name", str, required=r.ok, check=path_component)
-    patterns = r.str_list("pattern", required=r.ok, allow_str=True)
-    equal = r.get("equal_jets", bool, default=False)
-    if r.data.get("pattern") in ([], ""):
-        p.add(r.data, "pattern", r.sub("pattern"), "needs at least one file pattern")
-    if name is None or not patterns:
-        return None
-    return Sample(name, patterns, equal)
-
-
-_NUM_JETS_HINT = " (-1 means all jets)"
-
-
-def _check_num_jets(value: int) -> str | None:
-    if value == -1 or value > 0:
-        return None
-    return f"must be -1 (all jets) or a positive number of jets, got {value}"
-
-
-def _unknown_flavour(name: str, labels: Any) -> str:
-    names = [lab.name for lab in labels]
-    other = Flavours if labels is Extended_Flavours else Extended_Flavours
-    if find_flavour(name, other) is not None:
-        category = "standard" if other is Flavours else "extended"
-        return f"unknown flavour '{name}' (it is defined for global.class_category: {category})"
-    return f"unknown flavour '{name}'{suggest(name, names)}"
-
-
-def _parse_component(
-    comp: Any, kp: str, p: Problems, parent: Any, i: int, labels: Any
-) -> list[Component]:
-    r = Reader(comp, kp, p, parent, i)
-    if not r.ok:
-        return []
-    r.check_keys(("region", "sample", "flavours", "num_jets", "num_jets_val", "num_jets_test"))
-    for req in ("region", "sample", "flavours", "num_jets"):
-        r.get(req, object, required=True)
-    region = (
-        _parse_region(r.data["region"], r.sub("region"), p, r.data, "region")
-        if "region" in r.data
-        else None
-    )
-    sample = (
-        _parse_sample(r.data["sample"], r.sub("sample"), p, r.data, "sample")
-        if "sample" in r.data
-        else None
-    )
-    nums = [
-        r.get(key, int, check=_check_num_jets, hint=_NUM_JETS_HINT)
-        for key in ("num_jets", "num_jets_val", "num_jets_test")
-    ]
-    flavours = r.str_list("flavours")
-    resolved = []
-    for j, name in enumerate(flavours):
-        label = find_flavour(name, labels)
-        if label is None:
-            p.add(
-                r.data["flavours"], j, f"{r.sub('flavours')}[{j}]", _unknown_flavour(name, labels)
-            )
-        resolved.append(label)
-    if "flavours" in r.data and isinstance(r.data["flavours"], list) and not r.data["flavours"]:
-        p.add(r.data, "flavours", r.sub("flavours"), "needs at least one flavour, e.g. [bjets]")
-    num, num_val, num_test = nums
-    if region is None or sample is None or num is None or None in resolved or not resolved:
-        return []
-    # UPP's default cap for val/test is num_jets // 10 (-1, all jets, stays -1)
-    default = num if num < 0 else max(num // 10, 1)
-    return [
-        Component(
-            region,
-            sample,
-            label,
-            num,
-            default if num_val is None else num_val,
-            default if num_test is None else num_test,
-        )
-        for label in resolved
-    ]
-
-
-def _parse_components(data: Any, p: Problems, root: Any, labels: Any) -> tuple[Component, ...]:
-    if not isinstance(data, list):
-        p.add(
-            root,
-            "components",
-            "components",
-            "expected a list of components (each item "
-            f"starting with '- region:'), got {describe(data)}{mapping_hint(data, p)}",
-        )
-        return ()
-    if not data:
-        p.add(root, "components", "components", "needs at least one component")
-    out: list[Component] = []
-    seen: dict[str, int] = {}
-    for i, comp in enumerate(data):
-        kp = f"components[{i}]"
-        for c in _parse_component(comp, kp, p, data, i, labels):
-            if c.name in seen:
-                also = "" if seen[c.name] == i else f" (also components[{seen[c.name]}])"
-                p.add(
-                    data,
-                    i,
-                    kp,
-                    f"component '{c.name}' (region x sample x flavour) is defined twice{also}",
-                )
-                continue
-            seen[c.name] = i
-            out.append(c)
-    return tuple(out)
 
 
 MAX_SEED = 2**63  # numpy's SeedSequence takes any int >= 0; files record it as int64
@@ -493,6 +305,8 @@ GLOBAL_KEYS = (
     "seed",
     "class_category",
     "nan_policy",
+    "test_region_cuts",
+    "class_config",
 )
 
 
@@ -530,6 +344,9 @@ def _parse_global(r: Reader, config_path: Path) -> GlobalConfig:
             "class_category", str, default="standard", check=one_of(("standard", "extended"))
         ),
         nan_policy=r.get("nan_policy", str, default="pass", check=one_of(NAN_POLICIES)),
+        test_region_cuts=r.get("test_region_cuts", bool, default=False),
+        class_config=path("class_config", "") if isinstance(r.data.get("class_config"), str)
+        else None,
     )
 
 
@@ -552,7 +369,7 @@ def _check_top_level(data: Mapping[Any, Any], p: Problems) -> set[str]:
     for key in data:
         if not isinstance(key, str):
             p.add(data, key, str(key), f"a section name must be a name, got {describe(key)}")
-        elif key in SECTIONS or key in IGNORED_SECTIONS:
+        elif key in SECTIONS or key in IGNORED_SECTIONS or key in TOP_LEVEL_KEYS:
             continue
         elif key in _MISPLACED:
             owner = _MISPLACED[key]
@@ -603,14 +420,15 @@ def parse_config(data: Any, path: Path | str) -> Config:
         reader.ok = reader.ok and name in data
         return reader
 
-    glob = _parse_global(section("global"), path)
-    labels = Extended_Flavours if glob.class_category == "extended" else Flavours
+    global_reader = section("global")
+    glob = _parse_global(global_reader, path)
+    labels = flavour_labels(global_reader, glob.class_config, glob.class_category)
     variables = _parse_variables(section("variables"), p, glob.jets_name)
     cuts = _parse_global_cuts(section("global_cuts"), p)
     components: tuple[Component, ...] = ()
-    if "components" in data:
-        components = _parse_components(data["components"], p, data, labels)
-    elif "components" not in typos:
+    if "components" in data and labels is not None:  # else: class_config's problem told
+        components = parse_components(data["components"], p, data, labels)
+    elif "components" not in typos and "components" not in data:
         p.add(data, None, "components", "missing required section")
     reweighting = None
     if "reweighting" in data:
@@ -618,6 +436,11 @@ def parse_config(data: Any, path: Path | str) -> Config:
         reweighting = parse_reweighting(
             section("reweighting"), p, variables, glob.num_jets_estimate, num_classes
         )
+    resampling_problem(data, reweighting is not None or "reweighting" in data, p)
+    names = {key: output_name(data, key, default, p)
+             for key, default in (("norm_fname", "norm_dict.yaml"),
+                                  ("class_fname", "class_dict.yaml"))}
+    ratios = class_ratios(data, [c.flavour.name for c in components], p)
     if p.found:
         raise ConfigError(p.lines())
     return Config(
@@ -628,6 +451,9 @@ def parse_config(data: Any, path: Path | str) -> Config:
         components=components,
         global_=glob,
         reweighting=reweighting,
+        norm_fname=names["norm_fname"],
+        class_fname=names["class_fname"],
+        class_ratios=ratios,
     )
 
 

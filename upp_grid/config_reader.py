@@ -28,6 +28,7 @@ ALIASES = {
     "equal_global_objects": "equal_jets",
     "classes": "flavours",
     "flavour_category": "class_category",
+    "flavour_config": "class_config",
 }
 
 

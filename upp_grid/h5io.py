@@ -391,8 +391,12 @@ def write_virtual_file(path: Path, sources: list[tuple[Path, int]],
                        group_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Write a virtual file concatenating ``groups`` of exactly ``sources`` (path, rows).
 
-    Sources are referenced relative to ``path``'s directory when they live below it, so the
-    output directory can be moved as a whole. Written to a temporary name and renamed.
+    Sources are referenced by absolute path, as UPP and atlas-ftag-tools write them, so a copy
+    of the virtual file alone (Salt's ``move_files_temp``) still reads the real data (an
+    output directory that is moved needs a new merge: its virtual files point at the old
+    place). Rows of a source HDF5 cannot open read as :func:`vds_fill_value` (NaN floats,
+    ``flavour_label`` -1), never as plausible zeros; ``upp-grid verify`` checks every source.
+    Written to a temporary name and renamed.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -403,11 +407,11 @@ def write_virtual_file(path: Path, sources: list[tuple[Path, int]],
                 layout = _UntimedLayout(shape=(total, *shape), dtype=dtype)
                 start = 0
                 for src, n in sources:
-                    vsrc = h5py.VirtualSource(_vds_name(src, path.parent), name,
+                    vsrc = h5py.VirtualSource(str(Path(src).absolute()), name,
                                               shape=(n, *shape), dtype=dtype)
                     layout[start:start + n] = vsrc
                     start += n
-                ds = f.create_virtual_dataset(name, layout)
+                ds = f.create_virtual_dataset(name, layout, fillvalue=vds_fill_value(dtype))
                 for key, value in (group_attrs or {}).get(name, {}).items():
                     ds.attrs[key] = value
             for key, value in (attrs or {}).items():
@@ -427,8 +431,18 @@ class _UntimedLayout(h5py.VirtualLayout):
         return dcpl
 
 
-def _vds_name(src: Path, base: Path) -> str:
-    try:
-        return str(Path(src).absolute().relative_to(base.absolute()))
-    except ValueError:
-        return str(Path(src).absolute())
+def vds_fill_value(dtype: np.dtype) -> np.void:
+    """What a virtual dataset reads where its source is unreachable: NaN for floats, -1 for
+    signed integers (``flavour_label`` -1 is no class), the largest value for unsigned ones,
+    False for booleans (``valid``), so a lost source never reads as plausible data."""
+    fill = np.zeros((), dtype=dtype)
+    for name in dtype.names or ():
+        kind = dtype.fields[name][0]
+        base = kind.base
+        if base.kind == "f":
+            fill[name] = np.nan
+        elif base.kind == "i":
+            fill[name] = -1
+        elif base.kind == "u":
+            fill[name] = np.iinfo(base).max
+    return fill[()]

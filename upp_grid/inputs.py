@@ -30,10 +30,16 @@ class Container:
 def container_files(ntuple_dir: Path, pattern: str) -> tuple[Path, ...]:
     """Files matched by ``pattern`` under ``ntuple_dir``; a matched directory means its ``*.h5``.
 
+    An absolute pattern (UPP allows them) is matched from the file system's root instead.
     Hidden files (such as in-progress temporaries) are ignored. Sorted for reproducibility.
     """
     files: set[Path] = set()
-    for match in ntuple_dir.glob(pattern):
+    path = Path(pattern).expanduser()
+    if path.is_absolute():
+        matches = Path(path.anchor).glob(str(path.relative_to(path.anchor)))
+    else:
+        matches = ntuple_dir.glob(pattern)
+    for match in matches:
         if match.name.startswith("."):
             continue
         if match.is_dir():
@@ -53,15 +59,18 @@ def find_containers(config: Config, samples: tuple[Sample, ...] | None = None
         If ``ntuple_dir`` is missing or a pattern matches no file (the pattern is named).
     """
     ntuple_dir = config.global_.ntuple_dir
-    if not ntuple_dir.is_dir():
+    relative = any(not Path(pat).expanduser().is_absolute()
+                   for s in samples or config.samples for pat in s.patterns)
+    if relative and not ntuple_dir.is_dir():
         raise InputError(f"{config.path}: global.ntuple_dir: directory {ntuple_dir} not found")
     out = []
     for sample in samples or config.samples:
         for pattern in sample.patterns:
             files = container_files(ntuple_dir, pattern)
             if not files:
+                where = "" if Path(pattern).is_absolute() else f" under {ntuple_dir}"
                 raise InputError(f"{config.path}: sample '{sample.name}': pattern '{pattern}' "
-                                 f"matches no file under {ntuple_dir}")
+                                 f"matches no file{where}")
             out.append(Container(sample.name, pattern, files))
     return out
 
@@ -70,6 +79,9 @@ def required_fields(config: Config) -> dict[str, set[str]]:
     """Fields each input group must have for the cuts, variables and reweights to work."""
     jets = config.jets_name
     need: dict[str, set[str]] = {g: set(v.variables) for g, v in config.variables.items()}
+    for g, v in config.variables.items():
+        if v.selection:
+            need[g].update(c for c in v.selection.variables if c != "NSHARED")
     need.setdefault(jets, set())
     for split in config.global_cuts.values():
         need[jets].update(split.variables)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from upp_grid.check import CheckReport
-from upp_grid.config import SPLITS, Config
+from upp_grid.config import AUTO_JETS, INCLUSIVE, SPLITS, Config
 
 
 def _console() -> Console:
@@ -33,6 +34,7 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
     for split in SPLITS:
         splits.add_row(split, ", ".join(str(c) for c in config.global_cuts[split]) or "-")
     con.print(splits)
+    con.print(test_rule(config))
 
     regions = Table(title="regions")
     for col in ("region", "cuts"):
@@ -49,7 +51,7 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
         groups.setdefault((c.region.name, c.sample.name), []).append(c)
     for (region, sample), members in groups.items():
         first = members[0]
-        caps = "/".join("all" if first.cap(s) < 0 else f"{first.cap(s):,}" for s in SPLITS)
+        caps = "/".join(_cap(first.cap(s)) for s in SPLITS)
         comps.add_row(region, sample, ", ".join(c.flavour.name for c in members), caps)
     con.print(comps)
     con.print("flavour_label: " + ", ".join(f"{i}={n}" for i, n in
@@ -118,9 +120,24 @@ def print_split_summary(config: Config, summary, cat) -> None:
     for name in config.flavour_names:
         flav.add_row(name, *(f"{cat.num_jets[s][name]:,}" for s in SPLITS))
     con.print(flav)
+    con.print(test_rule(config))
+    if config.auto_counts:
+        from upp_grid.stages.catalogue import solve_auto_counts
+
+        solved = solve_auto_counts(config, cat)
+        auto = Table(title="num_jets: auto, solved as UPP solves it (not applied: every jet is "
+                     "kept and reweighted)")
+        auto.add_column("component")
+        for s in SPLITS:
+            auto.add_column(s, justify="right")
+        for name in dict.fromkeys(n for s in SPLITS for n in solved[s]):
+            auto.add_row(name, *(f"{solved[s][name]:,}" if name in solved[s] else "-"
+                                 for s in SPLITS))
+        con.print(auto)
 
 
 if TYPE_CHECKING:
+    from upp_grid.stages.verify import VdsReport
     from upp_grid.stages.weights_report import WeightsReport
 
 
@@ -188,6 +205,21 @@ def _in_out_table(title: str, flavours: tuple[str, ...], jets_in: dict, jets_out
     return table
 
 
+def _cap(value: int) -> str:
+    return "auto" if value == AUTO_JETS else "all" if value < 0 else f"{value:,}"
+
+
+def test_rule(config: Config) -> str:
+    """Which jets the test split holds: UPP's rule (no region cuts) or the region cuts."""
+    if config.global_.test_region_cuts:
+        return ("test split: split, region and flavour cuts, per component "
+                "(global.test_region_cuts: true)")
+    samples = len(config.samples)
+    return (f"test split: split and flavour cuts, no region cuts (UPP's rule): one component "
+            f"per sample and flavour (region '{INCLUSIVE}', {samples} sample(s)), each jet once; "
+            "global.test_region_cuts: true applies the region cuts")
+
+
 def print_merge_summary(config: Config, summary: MergeSummary) -> None:
     """Jets in and out per split and flavour, and the files and VDS written."""
     con = _console()
@@ -249,3 +281,14 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
         con.print(f"NaN/inf left out of the statistics: {left}")
     con.print(f"histograms {summary.histograms}\nnorm {summary.norm.norm_path} "
               f"({summary.norm.num_jets:,} train jets)\nclasses {summary.norm.class_path}")
+
+
+def print_verify(reports: Sequence[VdsReport]) -> None:
+    """One row per virtual file: jets mapped, sources, and whether every source resolved."""
+    table = Table(title="virtual files")
+    for col in ("file", "jets", "sources", "status"):
+        table.add_column(col, justify="right" if col in ("jets", "sources") else "left")
+    for r in reports:
+        status = "[green]ok" if not r.problems else f"[red]{len(r.problems)} problem(s)"
+        table.add_row(str(r.path), f"{r.jets:,}", str(r.sources), status)
+    _console().print(table)

@@ -5,8 +5,11 @@ remembers the file and line of each entry, so validation errors can point at the
 (``configs/x.yaml:12: components[0].flavours[1]: ...``), even inside included files.
 
 ``!include PATH`` is resolved relative to the directory of the file that contains it. For
-compatibility with UPP's configs (which include e.g. ``GN3V01/simple-split.yaml`` relative to a
-shared configs directory), the parent directories of that file are tried next, nearest first.
+compatibility with UPP's configs (which include e.g. ``GN3V01/simple-split.yaml`` relative to
+UPP's ``configs/`` directory), the parent directories of that file are tried next, nearest
+first, then each directory on ``UPP_GRID_INCLUDE_PATH`` (``:``-separated), then the
+``configs/`` directory of an installed umami-preprocessing (``upp/configs``, where UPP itself
+resolves includes; a source or editable install has it, the PyPI wheel ships none).
 Includes may be nested; a cycle (``a.yaml`` → ``b.yaml`` → ``a.yaml``) is an error.
 
 Besides invalid YAML (reported with its line), the loader rejects what PyYAML silently
@@ -23,6 +26,8 @@ and a few thousand values expanded.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -191,7 +196,8 @@ def _make_loader(path: Path, stack: tuple[Path, ...], prefix: str) -> type[yaml.
             raise ConfigError(
                 [
                     f"{loader.where(node)}: !include '{name}': file not found next "
-                    f"to {path.name} or in any parent directory"
+                    f"to {path.name}, in any parent directory, on {INCLUDE_PATH_ENV} or in "
+                    f"UPP's configs/ ({_upp_configs() or 'umami-preprocessing not installed'})"
                 ]
             )
         if target in stack:
@@ -205,13 +211,34 @@ def _make_loader(path: Path, stack: tuple[Path, ...], prefix: str) -> type[yaml.
     return Loader
 
 
+INCLUDE_PATH_ENV = "UPP_GRID_INCLUDE_PATH"
+
+
+def _upp_configs() -> Path | None:
+    """UPP's ``configs/`` directory (``upp/configs``), found without importing UPP."""
+    try:
+        spec = importlib.util.find_spec("upp")
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / "configs").is_dir():
+            return Path(root) / "configs"
+    return None
+
+
+def include_dirs(including: Path) -> list[Path]:
+    """Where ``!include`` looks, in order (see the module docstring)."""
+    folder = including.absolute().parent
+    extra = [Path(d).expanduser() for d in os.environ.get(INCLUDE_PATH_ENV, "").split(os.pathsep)
+             if d]
+    upp = _upp_configs()
+    return [folder, *folder.parents, *extra, *([upp] if upp else [])]
+
+
 def _find_include(including: Path, name: str) -> Path | None:
     rel = Path(name).expanduser()
-    if rel.is_absolute():
-        candidates = [rel]
-    else:
-        folder = including.absolute().parent
-        candidates = [d / rel for d in (folder, *folder.parents)]
+    dirs = [] if rel.is_absolute() else include_dirs(including)
+    candidates = [d / rel for d in dirs] or [rel]
     for cand in candidates:
         if cand.is_file():
             return cand.resolve()

@@ -174,7 +174,8 @@ def test_download_prepares_the_same_training_files_as_a_local_run(downloaded, up
     job = components / "ttbar" / out_ds / "_000002"
     (unit,) = [p for p in job.iterdir() if not p.name.startswith(".")]
     assert sorted(p.name for p in unit.glob("output_*.h5")) == sorted(
-        f"output_{s}_lowpt_ttbar_{f}.h5" for s in SPLITS for f in FLAVOURS)
+        f"output_{s}_{'inclusive' if s == 'test' else 'lowpt'}_ttbar_{f}.h5"
+        for s in SPLITS for f in FLAVOURS)  # test: no region cuts
     assert not (components / ".download").exists()
     assert not list(components.rglob("*.split.tar"))  # unpacked, then removed
     # every file verified once, and recorded
@@ -405,7 +406,7 @@ def _jets_in(config: Config, job: JobOutputs) -> dict[str, dict[str, int]]:
     from upp_grid.grid.job_archive import read_provenance
 
     counts = {s: dict.fromkeys(FLAVOURS, 0) for s in SPLITS}
-    names = {c.name: c.flavour.name for c in config.components}
+    names = {c.name: c.flavour.name for s in SPLITS for c in config.split_components(s)}
     for item in read_provenance(job.directory / "split.tar").inputs:
         for output, n in item.outputs.items():
             split, component = output.split("_", 1)

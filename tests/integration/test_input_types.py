@@ -95,7 +95,7 @@ def test_a_wider_float_in_one_file_widens_the_field_for_every_jet(tmp_path: Path
             jets = f["jets"][:]
         for row in jets[["eventNumber", "eta_btagJes", "mass"]]:
             originals[int(row["eventNumber"])] = (float(row["eta_btagJes"]), float(row["mass"]))
-    merged = sorted((tmp_path / "output").glob("test/pp_output_test_*.h5"))
+    merged = sorted((tmp_path / "output").glob("test/pp_output_test-full_*.h5"))
     assert merged
     for path in merged:
         with h5py.File(path, "r") as f:

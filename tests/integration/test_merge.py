@@ -77,7 +77,7 @@ def merged(base: Path, name: str, **global_: Any) -> Config:
 
 def outputs(config: Config, split: str) -> list[Path]:
     return [Path(p) for p in sorted(
-        (config.global_.out_dir / split).glob(f"pp_output_{split}_*.h5"),
+        (config.global_.out_dir / split).glob(f"pp_output_{split}-full_*.h5"),
         key=lambda p: int(p.stem.rsplit("_", 1)[1]))]
 
 
@@ -173,7 +173,7 @@ def test_files_have_exact_sizes_and_names(done: Config, split: str) -> None:
     full, rest = divmod(total, PER_FILE)
     assert sizes == [PER_FILE] * full + ([rest] if rest else [])
     names = [p.name for p in outputs(done, split)]
-    assert names == [f"pp_output_{split}_{i}.h5" for i in range(len(sizes))]
+    assert names == [f"pp_output_{split}-full_{i}.h5" for i in range(len(sizes))]
     for p in outputs(done, split):
         with h5py.File(p, "r") as f:
             assert f["tracks"].shape[0] == f["jets"].shape[0]
@@ -453,13 +453,13 @@ def test_resume_after_sigkill_gives_identical_files(tmp_path: Path) -> None:
                              "--split", "train"], env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not list(staging.glob("pp_output_train_*.h5")) and time.monotonic() < deadline:
+    while not list(staging.glob("pp_output_train-full_*.h5")) and time.monotonic() < deadline:
         assert proc.poll() is None, "merge finished before it could be interrupted"
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (config.global_.out_dir / "pp_output_train_vds.h5").exists()
-    kept = len(list(staging.glob("pp_output_train_*.h5")))
+    kept = len(list(staging.glob("pp_output_train-full_*.h5")))
     assert 1 <= kept < len(outputs(reference, "train"))  # killed mid-way
     result = subprocess.run([sys.executable, "-m", "upp_grid", "merge", "-c", str(config.path),
                              "--split", "train"], env=cli_env(), capture_output=True, text=True,

@@ -42,7 +42,7 @@ def project(tmp_path: Path, nan_policy: str | None = None) -> tuple[Path, Path]:
 
 
 def merged(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "output").glob("*/pp_output_*_[0-9]*.h5"))
+    return sorted((tmp_path / "output").glob("*/pp_output_*-full_[0-9]*.h5"))
 
 
 def test_nan_in_a_training_variable_passes_through_counted_and_left_out_of_the_norm(

@@ -49,7 +49,7 @@ def merged(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 def train_arrays(config: Config) -> tuple[np.ndarray, np.ndarray]:
-    files = sorted((config.global_.out_dir / "train").glob("pp_output_train_*.h5"))
+    files = sorted((config.global_.out_dir / "train").glob("pp_output_train-full_*.h5"))
     jets, tracks = [], []
     for p in files:
         with h5py.File(p, "r") as f:

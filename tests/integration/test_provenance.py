@@ -70,7 +70,7 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def merged_weights(config: Config) -> dict[str, np.ndarray]:
     out = {}
-    for f in sorted((config.global_.out_dir / "train").glob("pp_output_train_*.h5")):
+    for f in sorted((config.global_.out_dir / "train").glob("pp_output_train-full_*.h5")):
         with h5py.File(f, "r") as h:
             out[f.name] = h["jets"][:]
     return out
@@ -247,7 +247,7 @@ def test_a_second_writer_stops_at_once_naming_the_running_command(
     assert first.returncode == 0, err
     config = load_config(a)  # the first run finished, with its own config and weights only
     digest = content_hash(load_histograms(histograms_path(config)))
-    for f in (tmp_path / "output").rglob("pp_output_*_[0-9]*.h5"):
+    for f in (tmp_path / "output").rglob("pp_output_*-full_[0-9]*.h5"):
         with h5py.File(f, "r") as h:
             assert h.attrs["config_hash"] == config.config_hash
             assert h.attrs["histograms_hash"] == digest

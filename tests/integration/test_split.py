@@ -132,14 +132,18 @@ def unit_dir(components: Path, ntuples: Path, path: Path) -> Path:
     return components / sample_of(path) / path.relative_to(ntuples).with_suffix("")
 
 
-def expected_rows(jets: np.ndarray, spec: Expectation, sample: str
-                  ) -> dict[str, np.ndarray]:
+def expected_rows(jets: np.ndarray, spec: Expectation, sample: str,
+                  test_region_cuts: bool = False) -> dict[str, np.ndarray]:
     """``{output name: input row indices}`` for one input file, by plain numpy."""
     out = {}
     for split in SPLITS:
         in_split = SPLIT_CUT[split](jets["eventNumber"])
-        for region in spec.sample_regions[sample]:
-            in_region = spec.regions[region](jets)
+        # UPP's test split: no region cuts, one output per sample and flavour
+        regions = (spec.sample_regions[sample] if split != "test" or test_region_cuts
+                   else ("inclusive",))
+        for region in regions:
+            in_region = (np.ones(len(jets), dtype=bool) if region == "inclusive"
+                         else spec.regions[region](jets))
             for flavour in FLAVOURS:
                 mask = in_split & in_region & (jets["HadronConeExclTruthLabelID"]
                                                == TRUTH[flavour])
@@ -287,10 +291,11 @@ def test_split_file_writes_every_declared_output_even_with_zero_jets(tmp_path, s
     path = input_of(split_ntuples, "ttbar")
     record = split_file(config, path, tmp_path / "job", ["ttbar"])
 
-    names = {f"output_{s}_{r}_ttbar_{f}.h5" for s in SPLITS for r in ("lowpt", "nowhere")
-             for f in FLAVOURS}
+    names = {f"output_{s}_{r}_ttbar_{f}.h5" for s in ("train", "val")
+             for r in ("lowpt", "nowhere") for f in FLAVOURS}
+    names |= {f"output_test_inclusive_ttbar_{f}.h5" for f in FLAVOURS}  # no region cuts
     assert {p.name for p in (tmp_path / "job").iterdir()} == names | {RECORD_NAME}
-    for split in SPLITS:
+    for split in ("train", "val"):
         out = read_all(tmp_path / "job" / f"output_{split}_nowhere_ttbar_bjets.h5")
         assert len(out["jets"]) == len(out["tracks"]) == 0
         assert "flavour_label" in out["jets"].dtype.names
@@ -316,7 +321,8 @@ def test_flavour_label_in_the_input_is_overwritten(tmp_path, split_ntuples):
     split_file(config, dst, tmp_path / "job", ["zprime"])
 
     for split in SPLITS:
-        out = read_all(tmp_path / "job" / f"output_{split}_highpt_zprime_cjets.h5")["jets"]
+        region = "inclusive" if split == "test" else "highpt"
+        out = read_all(tmp_path / "job" / f"output_{split}_{region}_zprime_cjets.h5")["jets"]
         assert len(out) > 0
         assert (out["flavour_label"] == FLAVOURS.index("cjets")).all()
         assert out.dtype.names.count("flavour_label") == 1
@@ -354,7 +360,8 @@ def test_overlapping_regions_fail_with_the_count_and_both_names(tmp_path, split_
             jets = read_all(path)["jets"]
             pt = jets["pt_btagJes"]
             both = DEMO.regions["lowpt"](jets) & (pt > 100_000) & (pt < 400_000) \
-                & np.isin(jets["HadronConeExclTruthLabelID"], list(TRUTH.values()))
+                & np.isin(jets["HadronConeExclTruthLabelID"], list(TRUTH.values())) \
+                & (jets["eventNumber"] % 10 <= 8)  # test takes no region cuts: no overlap
             expected[str(path)] = int(both.sum())
     lines = [ln for ln in result.stderr.splitlines() if "written twice" in ln]
     assert len(lines) == 2  # one per ttbar file

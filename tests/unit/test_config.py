@@ -165,7 +165,7 @@ def test_an_include_inside_an_included_file_is_relative_to_that_file(tmp_path: P
 
 def _split(test_cut: int) -> str:
     return (
-        f'train: [[eventNumber, "%10<=", 7]]\nval: [[eventNumber, "%10==", 8]]\n'
+        f'train: [[eventNumber, "%10<=", 4]]\nval: [[eventNumber, "%10==", 8]]\n'
         f'test: [[eventNumber, "%10==", {test_cut}]]\n'
     )
 
@@ -440,7 +440,8 @@ CASES = {
     ),
     "wrong type": (
         "num_jets: 1000", 'num_jets: "all"',
-        "components[0].num_jets", "expected an integer, got string 'all' (-1 means all jets)",
+        "components[0].num_jets",
+        "expected an integer, got string 'all' (-1 means all jets, auto UPP's automatic counts)",
     ),
     "wrong type: a string for a list": (
         "flavours: [bjets, cjets, ujets]", "flavours: bjets",

@@ -46,6 +46,7 @@ class Catalogue:
     components: dict[str, dict[str, int]]
     split_hash: str = ""  # of the config that split the files
     reweight_fields: tuple[str, ...] = ()  # kept for the reweighting (split.reweight_fields)
+    test_region_cuts: bool = False  # whether the test split took the region cuts (UPP: no)
 
     def total(self, split: str) -> int:
         return sum(self.num_jets[split].values())
@@ -61,16 +62,17 @@ class Catalogue:
         return {"files": self.files, "num_jets": self.num_jets,
                 "num_global_objects": self.num_jets, "components": self.components,
                 "provenance": {"split_hash": self.split_hash,
-                               "reweight_fields": list(self.reweight_fields)}}
+                               "reweight_fields": list(self.reweight_fields),
+                               "test_region_cuts": self.test_region_cuts}}
 
 
 def catalogue_path(config: Config) -> Path:
     return config.global_.components_dir / CATALOGUE_NAME
 
 
-def _component_of(name: str, config: Config) -> tuple[str, str] | None:
-    """(component name, flavour) for a file name suffix, matching the config's components."""
-    for comp in config.components:
+def _component_of(name: str, config: Config, split: str) -> tuple[str, str] | None:
+    """(component name, flavour) for a file name suffix, matching the split's components."""
+    for comp in config.split_components(split):
         if name == comp.name:
             return comp.name, comp.flavour.name
     return None
@@ -90,14 +92,14 @@ def build_catalogue(config: Config) -> Catalogue:
     flavours = config.flavour_names
     files = {s: {f: [] for f in flavours} for s in SPLITS}
     num = {s: dict.fromkeys(flavours, 0) for s in SPLITS}
-    comps = {s: {c.name: 0 for c in config.components} for s in SPLITS}
+    comps = {s: {c.name: 0 for c in config.split_components(s)} for s in SPLITS}
     check_inputs_once(root, config)
     for path in sorted(root.rglob("output_*.h5")):
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
         match = _OUTPUT_RE.search(path.name)
-        found = _component_of(match.group(2), config) if match else None
+        found = _component_of(match.group(2), config, match.group(1)) if match else None
         if found is None:
             raise InputError(f"{path}: split output of no component in {config.path}")
         split, (comp, flavour) = match.group(1), found
@@ -108,7 +110,8 @@ def build_catalogue(config: Config) -> Catalogue:
         files[split][flavour].append(str(path))
         num[split][flavour] += n
         comps[split][comp] += n
-    return Catalogue(files, num, comps, split_hash(config), tuple(reweight_fields(config)))
+    return Catalogue(files, num, comps, split_hash(config), tuple(reweight_fields(config)),
+                     config.global_.test_region_cuts)
 
 
 def check_inputs_once(root: Path, config: Config | None = None) -> None:
@@ -171,8 +174,36 @@ def write_catalogue(config: Config, expected: dict[str, dict[str, int]] | None =
                     raise BookkeepingError(
                         f"{catalogue_path(config)}: {split} {comp}: split records say {n} jets, "
                         f"files on disk hold {cat.components[split].get(comp, 0)}")
-    write_text_atomic(catalogue_path(config), yaml.safe_dump(cat.as_yaml_dict(), sort_keys=False))
+    data = cat.as_yaml_dict()
+    if config.auto_counts:
+        data["auto_counts"] = {f"solved_{s}": n for s, n in solve_auto_counts(config, cat).items()}
+    write_text_atomic(catalogue_path(config), yaml.safe_dump(data, sort_keys=False))
     return cat
+
+
+def solve_auto_counts(config: Config, cat: Catalogue) -> dict[str, dict[str, int]]:
+    """``num_jets: auto`` with UPP's meaning (``upp.utils.availability.solve_counts``), from the
+    exact jets per component on disk: per split, each flavour gets the most jets per unit of
+    sample weight that every component of that flavour can give (or the most that keep
+    ``auto_counts.class_ratios``), times the component's sample weight.
+
+    As in UPP's reweighting chain, the counts are not applied (every jet is kept and
+    reweighted): they are recorded in the catalogue and shown after the split."""
+    out: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        comps = config.split_components(split)
+        available = {c.name: cat.components[split].get(c.name, 0) for c in comps}
+        units: dict[str, float] = {}
+        for c in comps:
+            unit = available[c.name] / c.sample.weight
+            units[c.flavour.name] = min(units.get(c.flavour.name, unit), unit)
+        if config.class_ratios is None:
+            per_unit = {f: int(u) for f, u in units.items()}
+        else:
+            scale = min(units[f] / config.class_ratios[f] for f in units)
+            per_unit = {f: int(scale * config.class_ratios[f]) for f in units}
+        out[split] = {c.name: int(per_unit[c.flavour.name] * c.sample.weight) for c in comps}
+    return out
 
 
 def read_catalogue(config: Config) -> Catalogue:
@@ -186,11 +217,18 @@ def read_catalogue(config: Config) -> Catalogue:
         raise InputError(f"{path}: unreadable catalogue: {err}") from None
     try:
         provenance = data.get("provenance") or {}
-        cat = Catalogue(data["files"], data["num_jets"], data.get("components", {}),
+        # UPP 0.3.3 writes only ``num_global_objects``; older UPP and upp-grid ``num_jets``
+        counts = data["num_jets"] if "num_jets" in data else data["num_global_objects"]
+        cat = Catalogue(data["files"], counts, data.get("components", {}),
                         str(provenance.get("split_hash", "")),
-                        tuple(provenance.get("reweight_fields") or ()))
+                        tuple(provenance.get("reweight_fields") or ()),
+                        bool(provenance.get("test_region_cuts", False)))
     except (KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: not an organised-components catalogue") from None
+    if not cat.split_hash and "num_jets" not in data:
+        raise InputError(f"{path}: written by UPP (num_global_objects, no upp-grid provenance):"
+                         " its split outputs carry no record of the cuts and variables they "
+                         "were made with; run `upp-grid split -c CFG` (or `download`) instead")
     if cat.split_hash != split_hash(config):
         raise InputError(f"{path}: written for another config (split hash "
                          f"{cat.split_hash or 'none'}, {config.path} has {split_hash(config)}):"

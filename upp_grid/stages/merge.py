@@ -2,8 +2,10 @@
 
 Reads every catalogue file of a split (all flavours), attaches one float32 field per reweight
 (UPP's names) computed from the full-precision values, reduces precision, and writes
-``<out_dir>/<split>/pp_output_<split>_<i>.h5`` of exactly ``num_jets_per_output_file`` jets
-(the last file holds the remainder) plus ``<out_dir>/pp_output_<split>_vds.h5``.
+``<out_dir>/<split>/pp_output_<split>-full_<i>.h5`` (UPP's names) of exactly
+``num_jets_per_output_file`` jets (the last file holds the remainder) plus
+``<out_dir>/pp_output_<split>_vds.h5``, a virtual file with absolute source paths that is
+verified (:mod:`upp_grid.stages.verify`) as soon as it is written.
 
 Shuffle
 -------
@@ -100,11 +102,12 @@ from upp_grid.stages.normalise import (
     norm_spec,
     stats_attr,
 )
+from upp_grid.stages.verify import verify_vds
 from upp_grid.stages.weights import histograms_path
 
 log = logging.getLogger(__name__)
 
-SCHEME = "upp-grid-merge-1"  # changes whenever the output for a given plan would change
+SCHEME = "upp-grid-merge-2"  # changes whenever the output for a given plan would change
 BLOCK_BYTES = 24 * 2**20  # full-precision input rows per pass-1 read
 BUCKET_BYTES = 40 * 2**20  # final-precision output rows gathered in memory by pass 2
 TASK_BLOCKS = 6  # blocks per pass-1 task
@@ -193,7 +196,7 @@ class SplitPaths:
         return self.split_dir / RECORD_NAME
 
     def name(self, index: int) -> str:
-        return f"pp_output_{self.split}_{index}.h5"
+        return f"pp_output_{self.split}-full_{index}.h5"
 
     def final(self, index: int) -> Path:
         return self.split_dir / self.name(index)
@@ -714,7 +717,9 @@ def already_merged(paths: SplitPaths, plan: MergePlan) -> bool:
         return False
     if record.get("plan_hash") != plan.plan_hash or not paths.vds.is_file():
         return False
-    return all(file_is_complete(paths.final(k), plan, k) for k in range(len(plan.file_sizes)))
+    if not all(file_is_complete(paths.final(k), plan, k) for k in range(len(plan.file_sizes))):
+        return False
+    return not verify_vds(paths.vds).problems  # a virtual file pointing elsewhere is redone
 
 
 # --------------------------------------------------------------------------- publish
@@ -766,8 +771,8 @@ def publish(paths: SplitPaths, plan: MergePlan, attrs: Mapping[str, Any],
     paths.record.unlink(missing_ok=True)  # first: a crash from here on leaves no claim
     paths.vds.unlink(missing_ok=True)
     keep = {paths.name(k) for k in range(len(plan.file_sizes))}
-    pattern = re.compile(rf"pp_output_{plan.split}_\d+\.h5$")
-    for old in paths.split_dir.glob(f"pp_output_{plan.split}_*.h5"):
+    pattern = re.compile(rf"pp_output_{plan.split}(-full)?_\d+\.h5$")  # and pre-0.2 names
+    for old in paths.split_dir.glob(f"pp_output_{plan.split}*.h5"):
         if pattern.fullmatch(old.name) and old.name not in keep:
             log.info("removing stale output %s", old)
             old.unlink()
@@ -782,6 +787,9 @@ def publish(paths: SplitPaths, plan: MergePlan, attrs: Mapping[str, Any],
     write_virtual_file(paths.vds, [(o.path, o.num_jets) for o in files],
                        {g.name: (g.dtype, g.shape) for g in plan.groups}, vds_attrs,
                        {jets_name: {FLAVOUR_LABEL: list(flavour_names)}})
+    problems = verify_vds(paths.vds).problems
+    if problems:
+        raise BookkeepingError(problems[0])
     _write_json(paths.record, {
         "plan_hash": plan.plan_hash, "split": plan.split, "version": __version__,
         "config": attrs.get("config_path", ""), "config_hash": attrs.get("config_hash", ""),
@@ -846,6 +854,9 @@ def file_attrs(config: Config, cat: Catalogue, split: str, weighted: bool) -> di
             "catalogue_hash": cat.digest,
             "resampling_method": "reweighting" if weighted else "none",
             "upp_grid_version": __version__, "split": split,
+            # UPP's keys (upp.stages.rw_merge, ftag's H5Writer): the split's jets, our version
+            f"{config.jets_name}_counts": cat.total(split),
+            "upp_hash": f"upp-grid {__version__}", "writer_version": f"upp-grid {__version__}",
             "precision": config.global_.precision, "compression": config.global_.compression}
 
 

@@ -47,8 +47,6 @@ from upp_grid.inputs import FLAVOUR_LABEL
 
 log = logging.getLogger(__name__)
 
-NORM_NAME = "norm_dict.yaml"
-CLASS_NAME = "class_dict.yaml"
 STATS_ATTR = "norm_stats"  # merged train files cache their unweighted stats here
 BATCH_BYTES = 48 * 2**20  # rows read per batch
 DENSE_SPAN = 4096  # label values spanning more than this are counted via np.unique
@@ -315,8 +313,10 @@ class NormResult:
 
 
 def norm_paths(config: Config) -> tuple[Path, Path]:
+    """Where the norm stage writes: ``norm_fname`` / ``class_fname`` (UPP's top-level keys,
+    default ``norm_dict.yaml`` / ``class_dict.yaml``) under ``out_dir``."""
     out = config.global_.out_dir
-    return out / NORM_NAME, out / CLASS_NAME
+    return out / config.norm_fname, out / config.class_fname
 
 
 def jets_weight(config: Config, name: str | None = None) -> str:

@@ -3,9 +3,15 @@
 :func:`split_file` is the grid payload: it splits one input file into a directory with the
 fixed names ``output_<split>_<region>_<sample>_<flavour>.h5`` and always writes every declared
 output, even one with zero jets. A jet goes to an output when it passes the split cuts, the
-region cuts (for every split, test included) and the flavour cuts. A jet that would land in two
-outputs of the same split, or in two splits, is an error: the whole file is still scanned to
-count such jets exactly, and nothing is published.
+region cuts and the flavour cuts. The test split takes no region cuts, as in UPP, so a sample's
+test jets cover its whole kinematic range: one test output per sample and flavour, of the
+region ``inclusive`` (written once, however many regions use the sample);
+``global.test_region_cuts: true`` applies the region cuts to test as well. A jet that would
+land in two outputs of the same split, or in two splits, is an error: the whole file is still
+scanned to count such jets exactly, and nothing is published.
+
+A group's ``selection`` (UPP's track selection) makes the entries failing it invalid in every
+split (atlas-ftag-tools' ``TrackSelector``: ``valid`` false, floats NaN, integers -1).
 
 Per batch of rows (chunk-aligned, capped in bytes so memory stays flat), the jets are routed to
 at most one output each; then every group is read once, the selected rows are gathered as opaque
@@ -27,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from ftag.cuts import Cut
+from ftag.track_selector import TrackSelector
 
 from upp_grid.config import SPLITS, Component, Config
 from upp_grid.errors import BookkeepingError, InputError, is_disk_full
@@ -46,7 +53,7 @@ from upp_grid.inputs import FLAVOUR_LABEL
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "split-record.json"
-SPLIT_FORMAT = 2  # bump when the content of split outputs changes: old units are redone
+SPLIT_FORMAT = 3  # bump when the content of split outputs changes: old units are redone
 FLAVOUR_DTYPE = np.dtype("i4")
 BATCH_BYTES = 48 * 2**20  # per group and batch: bounds memory whatever the batch_size
 CHUNK_BYTES = 256 * 2**10  # uncompressed bytes per output chunk (small: less buffering)
@@ -112,8 +119,8 @@ def declared_outputs(config: Config, samples: Sequence[str]) -> list[Output]:
     Ordered by split (train, val, test), then by component in config order.
     """
     labels = {name: i for i, name in enumerate(config.flavour_names)}
-    comps = [c for c in config.components if c.sample.name in samples]
-    return [Output(s, c, labels[c.flavour.name]) for s in SPLITS for c in comps]
+    return [Output(s, c, labels[c.flavour.name]) for s in SPLITS
+            for c in config.split_components(s) if c.sample.name in samples]
 
 
 def kept_fields(config: Config, group: str, split: str, names: Sequence[str]) -> list[str]:
@@ -168,6 +175,8 @@ def split_hash(config: Config, samples: Sequence[str] | None = None) -> str:
     data["components"] = [[c.region.name, repr(c.region.cuts), c.sample.name,
                            list(c.sample.patterns), c.flavour.name] for c in comps]
     data["flavours"] = list(config.flavour_names)
+    data["test_region_cuts"] = config.global_.test_region_cuts
+    data["flavour_cuts"] = [repr(f.cuts) for f in config.flavours]
     text = json.dumps(data, sort_keys=True, default=str) + f"{config.jets_name}:{SPLIT_FORMAT}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -274,6 +283,7 @@ class _GroupPlan:
     buffer: np.ndarray  # rows read from the input
     gathered: np.ndarray  # raw bytes: selected rows of one split
     packed: np.ndarray  # raw bytes: the fields that split keeps
+    selector: TrackSelector | None = None  # the group's selection (UPP's track selection)
 
     def gather(self, records: np.ndarray, idx: np.ndarray) -> np.ndarray:
         out = np.ndarray((len(idx),), self.record, self.gathered)
@@ -465,7 +475,22 @@ def _plan_group(config: Config, path: Path, g: str, ds: h5py.Dataset, rows: int,
                       buffer=np.ndarray((rows, *row_shape), ds.dtype,
                                         buffers.get(f"{g}:input", record.itemsize * rows)),
                       gathered=buffers.get(f"{g}:gathered", record.itemsize * rows),
-                      packed=buffers.get(f"{g}:packed", packed_bytes))
+                      packed=buffers.get(f"{g}:packed", packed_bytes),
+                      selector=_selector(config, path, g, ds))
+
+
+def _selector(config: Config, path: Path, group: str, ds: h5py.Dataset
+              ) -> TrackSelector | None:
+    """The group's ``selection`` as atlas-ftag-tools' TrackSelector (None without one)."""
+    selection = config.variables[group].selection
+    if not selection:
+        return None
+    names = set(ds.dtype.names)
+    for var in ("valid", *selection.variables):
+        if var not in names and var != "NSHARED":
+            raise InputError(f"{path}: dataset '{group}' has no field '{var}' (needed by "
+                             f"variables.{group}.selection)")
+    return TrackSelector(selection)
 
 
 def _write_batch(plans: dict[str, _GroupPlan], jets_name: str, jets: np.ndarray,
@@ -485,10 +510,15 @@ def _write_batch(plans: dict[str, _GroupPlan], jets_name: str, jets: np.ndarray,
         records = rows.reshape(len(rows), -1).view(plan.record).reshape(len(rows))
         for s, split in enumerate(SPLITS):
             outs = np.flatnonzero(split_of == s)
+            if not len(outs):
+                continue
             lo, hi = bounds[outs[0]], bounds[outs[-1] + 1]
             if hi == lo:
                 continue
-            packed = plan.pack(split, plan.gather(records, order[lo:hi]))
+            gathered = plan.gather(records, order[lo:hi])
+            if plan.selector is not None:
+                plan.selector(gathered)  # in place, on this batch's own buffer
+            packed = plan.pack(split, gathered)
             if g == jets_name:
                 packed[FLAVOUR_LABEL] = labels[dest_sorted[lo:hi]]
             for i in outs:

@@ -533,7 +533,8 @@ def split_stage(config: Config, container: str | None = None,
         catalogue is not rewritten then.
     """
     capped = sorted({c.name for c in config.components
-                     if any(c.cap(s) >= 0 for s in ("train", "val", "test"))})
+                     if any(c.cap(s) >= 0 for s in ("train", "val", "test"))
+                     and not config.auto_counts})
     if capped:
         log.warning("num_jets caps are not applied when reweighting (as in UPP): all jets of "
                     "%s are kept", ", ".join(capped))
