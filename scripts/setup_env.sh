@@ -3,7 +3,7 @@
 # the grid sandbox ships to the worker nodes).
 #
 #   bash scripts/setup_env.sh          # runtime install (what the grid needs)
-#   bash scripts/setup_env.sh --dev    # + test/plot extras (pytest, ruff, matplotlib)
+#   bash scripts/setup_env.sh --dev    # + test extras (pytest, ruff, pyte)
 #   bash scripts/setup_env.sh --lsetup "python 3.11.9-x86_64-el9"
 #                                      # build with that ATLAS `lsetup` Python (lxplus, for the
 #                                      # grid: the job repeats the same lsetup on the node)
@@ -20,7 +20,7 @@ extras=""
 lsetup_spec=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --dev) extras="[test,plot]" ;;
+        --dev) extras="[test]" ;;
         --lsetup) [ $# -ge 2 ] || { echo "setup_env.sh: --lsetup needs a value" >&2; exit 2; }
                   lsetup_spec="$2"; shift ;;
         --lsetup=*) lsetup_spec="${1#--lsetup=}" ;;

@@ -26,12 +26,11 @@ CONFIG_OPTION = click.option(
 
 
 def _setup_logging(verbose: bool) -> None:
+    from upp_grid.console import log_handler
+
     level = logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)-7s %(message)s" if verbose
-                                           else "%(message)s"))
     root = logging.getLogger("upp_grid")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(verbose)]
     root.setLevel(level)
     root.propagate = False
 
@@ -177,7 +176,7 @@ def merge_cmd(config_path: Path, split: str) -> None:
 
     config = _load_to_write(config_path)
     splits = parse_splits(split)
-    with progress_bar(merge_work(config, splits), "merge (read + write)") as advance:
+    with progress_bar(merge_work(config, splits), "merge") as advance:
         summary = merge_stage(config, splits, progress=advance)
     print_merge_summary(config, summary)
 

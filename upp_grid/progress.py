@@ -1,16 +1,20 @@
 """Progress reporting: a rich bar with ETA on a terminal, plain log lines otherwise.
 
 Library code takes an optional ``progress: Callable[[int], None]`` and calls it with the
-amount of work just done; the CLI decides how that is shown via :func:`progress_bar`.
+amount of work just done; the CLI decides how that is shown via :func:`progress_bar`. The bar
+draws on the one stderr console the log handler writes to (:mod:`upp_grid.console`), so log
+lines emitted while it runs scroll above it and the bar stays whole; when it ends it stays on
+screen as one finished line.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from upp_grid.console import is_terminal, stderr_console
 
 log = logging.getLogger("upp_grid")
 
@@ -22,6 +26,7 @@ class Advance:
     def __init__(self, total: int | None, on_update: Callable[[Advance], None]) -> None:
         self.total = total
         self.done = 0
+        self.note = ""  # shown after the counts: e.g. "2 running, 1 failed"
         self._on_update = on_update
 
     def __call__(self, n: int) -> None:
@@ -32,6 +37,10 @@ class Advance:
         self.total = total
         self._on_update(self)
 
+    def set_note(self, note: str) -> None:
+        self.note = note
+        self._on_update(self)
+
 
 @contextmanager
 def progress_bar(total: int | None, what: str, unit: str = "jets",
@@ -40,7 +49,7 @@ def progress_bar(total: int | None, what: str, unit: str = "jets",
     if not enabled:
         yield Advance(total, lambda a: None)
         return
-    if sys.stderr.isatty():
+    if is_terminal():
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -52,10 +61,11 @@ def progress_bar(total: int | None, what: str, unit: str = "jets",
 
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn(unit), TimeElapsedColumn(), TextColumn("eta"),
-                   TimeRemainingColumn())
-        with Progress(*columns, transient=False) as bar:
-            task = bar.add_task(what, total=total)
-            yield Advance(total, lambda a: bar.update(task, completed=a.done, total=a.total))
+                   TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
+        with Progress(*columns, transient=False, console=stderr_console()) as bar:
+            task = bar.add_task(what, total=total, note="")
+            yield Advance(total, lambda a: bar.update(task, completed=a.done, total=a.total,
+                                                      note=a.note))
         return
     start = time.monotonic()
     last = [0.0]
@@ -68,7 +78,7 @@ def progress_bar(total: int | None, what: str, unit: str = "jets",
         elapsed = now - start
         rate = a.done / elapsed if elapsed > 0 else 0.0
         eta = (a.total - a.done) / rate if rate > 0 else float("nan")
-        log.info("%s: %d/%d %s (%.0f%%), %.0fs elapsed, eta %.0fs", what, a.done, a.total,
-                 unit, 100 * a.done / a.total, elapsed, eta)
+        log.info("%s: %d/%d %s (%.0f%%), %.0fs elapsed, eta %.0fs%s", what, a.done, a.total,
+                 unit, 100 * a.done / a.total, elapsed, eta, f" ({a.note})" if a.note else "")
 
     yield Advance(total, log_line)

@@ -30,7 +30,7 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
 
     splits = Table(title="splits")
     for col in ("split", "cuts"):
-        splits.add_column(col)
+        splits.add_column(col, overflow="fold")
     for split in SPLITS:
         splits.add_row(split, ", ".join(str(c) for c in config.global_cuts[split]) or "-")
     con.print(splits)
@@ -38,14 +38,14 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
 
     regions = Table(title="regions")
     for col in ("region", "cuts"):
-        regions.add_column(col)
+        regions.add_column(col, overflow="fold")
     for r in config.regions:
         regions.add_row(r.name, ", ".join(str(c) for c in r.cuts) or "-")
     con.print(regions)
 
     comps = Table(title=f"components ({len(config.components)})")
     for col in ("region", "sample", "flavours", "train/val/test cap"):
-        comps.add_column(col)
+        comps.add_column(col, overflow="fold")
     groups: dict[tuple[str, str], list] = {}
     for c in config.components:
         groups.setdefault((c.region.name, c.sample.name), []).append(c)
@@ -60,7 +60,7 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
     if report is not None:
         cont = Table(title="input containers")
         for col in ("sample", "pattern", "files", "jets"):
-            cont.add_column(col)
+            cont.add_column(col, overflow="fold")
         for rep in report.containers:
             cont.add_row(rep.container.sample, rep.container.pattern,
                          str(len(rep.container.files)), f"{rep.num_jets:,}")
@@ -73,7 +73,7 @@ def print_plan(config: Config, report: CheckReport | None = None) -> None:
     if config.reweighting:
         rws = Table(title=f"reweights ({len(config.reweighting.reweights)})")
         for col in ("weight field", "bins", "overflow"):
-            rws.add_column(col)
+            rws.add_column(col, overflow="fold")
         for rw in config.reweighting.reweights:
             bins = " x ".join(f"{v}[{len(rw.edges(v)) - 1}]" for v in rw.reweight_vars)
             rws.add_row(rw.name, bins, "yes" if rw.add_overflow else "no")
@@ -90,7 +90,7 @@ def print_split_summary(config: Config, summary, cat) -> None:
     table = Table(title=f"split: {len(inputs)} inputs{parts} "
                         f"({summary.skipped} already done)")
     for col in ("input", "read", *SPLITS, "no component"):
-        table.add_column(col, justify="right" if col != "input" else "left")
+        table.add_column(col, justify="right" if col != "input" else "left", overflow="fold")
     totals = dict.fromkeys(("read", *SPLITS, "none"), 0)
     for rec in inputs:
         per = rec.per_split()
@@ -114,9 +114,9 @@ def print_split_summary(config: Config, summary, cat) -> None:
         con.print("NaN/inf in the jets written: "
                   + ", ".join(f"{k} {n:,}" for k, n in sorted(found.items())))
     flav = Table(title=f"catalogue {config.global_.components_dir}/organised-components.yaml")
-    flav.add_column("flavour")
+    flav.add_column("flavour", overflow="fold")
     for s in SPLITS:
-        flav.add_column(s, justify="right")
+        flav.add_column(s, justify="right", overflow="fold")
     for name in config.flavour_names:
         flav.add_row(name, *(f"{cat.num_jets[s][name]:,}" for s in SPLITS))
     con.print(flav)
@@ -127,9 +127,9 @@ def print_split_summary(config: Config, summary, cat) -> None:
         solved = solve_auto_counts(config, cat)
         auto = Table(title="num_jets: auto, solved as UPP solves it (not applied: every jet is "
                      "kept and reweighted)")
-        auto.add_column("component")
+        auto.add_column("component", overflow="fold")
         for s in SPLITS:
-            auto.add_column(s, justify="right")
+            auto.add_column(s, justify="right", overflow="fold")
         for name in dict.fromkeys(n for s in SPLITS for n in solved[s]):
             auto.add_row(name, *(f"{solved[s][name]:,}" if name in solved[s] else "-"
                                  for s in SPLITS))
@@ -151,7 +151,8 @@ def print_weights_tables(report: WeightsReport) -> None:
         table = Table(title=title, title_justify="left")
         for col in (rw.class_var, "entries", "populated", "zeroed", "out of range", "NaN",
                     "weight 0", "weight min", "median", "max"):
-            table.add_column(col, justify="left" if col == rw.class_var else "right")
+            table.add_column(col, justify="left" if col == rw.class_var else "right",
+                             overflow="fold")
         for c in rw.classes:
             share = f"{100 * c.zero_fraction:.2f} %"
             table.add_row(f"{c.label} {c.name}" if c.name != str(c.label) else c.name,
@@ -191,10 +192,10 @@ def _in_out_table(title: str, flavours: tuple[str, ...], jets_in: dict, jets_out
                   splits: tuple[str, ...]) -> Table:
     """Jets per flavour and split: catalogue (in) and written (out)."""
     table = Table(title=title, title_justify="left")
-    table.add_column("flavour")
+    table.add_column("flavour", overflow="fold")
     for s in splits:
-        table.add_column(f"{s} in", justify="right")
-        table.add_column(f"{s} out", justify="right")
+        table.add_column(f"{s} in", justify="right", overflow="fold")
+        table.add_column(f"{s} out", justify="right", overflow="fold")
     for name in (*flavours, "total"):
         cells = []
         for s in splits:
@@ -258,15 +259,15 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
                             config.flavour_names, summary.jets_in, summary.jets_out, SPLITS))
     files = Table(title="files written", title_justify="left")
     for col in ("split", "files", "directory", "virtual dataset", "kept from earlier run"):
-        files.add_column(col)
+        files.add_column(col, overflow="fold")
     for s in SPLITS:
         paths = summary.files[s]
         files.add_row(s, str(len(paths)), str(paths[0].parent) if paths else "-",
                       str(summary.vds[s]), str(summary.merge_reused[s]))
     con.print(files)
     times = Table(title="time per stage", title_justify="left")
-    times.add_column("stage")
-    times.add_column("seconds", justify="right")
+    times.add_column("stage", overflow="fold")
+    times.add_column("seconds", justify="right", overflow="fold")
     for t in summary.timings:
         times.add_row(t.stage, f"{t.seconds:.1f}")
     times.add_row("[bold]total", f"{summary.seconds:.1f}")
@@ -287,7 +288,8 @@ def print_verify(reports: Sequence[VdsReport]) -> None:
     """One row per virtual file: jets mapped, sources, and whether every source resolved."""
     table = Table(title="virtual files")
     for col in ("file", "jets", "sources", "status"):
-        table.add_column(col, justify="right" if col in ("jets", "sources") else "left")
+        table.add_column(col, justify="right" if col in ("jets", "sources") else "left",
+                         overflow="fold")
     for r in reports:
         status = "[green]ok" if not r.problems else f"[red]{len(r.problems)} problem(s)"
         table.add_row(str(r.path), f"{r.jets:,}", str(r.sources), status)

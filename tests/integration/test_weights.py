@@ -630,3 +630,51 @@ def test_the_demo_gives_sane_weights(tmp_path: Path, jets: int):
     assert len(fractions) == 4
     assert max(fractions) < (0.01 if jets < 200_000 else 0.001)
     assert "weight 0" in result.stdout  # the weights table is printed
+
+
+def test_figures_show_every_class_with_a_legend_units_and_densities(split_demo: Path):
+    """Read the figures' data, not their pixels: what a user looks for in them."""
+    config = write_config(split_demo, "figures", [jets_reweight("mean")])
+    (h,), _ = compute_histograms(config, sample_jets(config, read_catalogue(config)))
+    data = plots.PlotData.of(h, {0: "bjets", 1: "cjets", 2: "ujets", 3: "taujets"})
+    jobs = {job.path.name: job for job in plots.plan_jobs(data, split_demo / "figs")}
+    drawer = plots.Drawer()
+
+    fig = drawer.figure(jobs["pt_btagJes.png"])
+    before, after = fig.axes
+    assert after.get_title().startswith("after weighting")
+    for ax in (before, after):
+        legend = ax.get_legend()
+        assert legend is not None
+        assert [t.get_text() for t in legend.get_texts()] == ["bjets", "cjets", "ujets",
+                                                             "taujets"]
+        lines = ax.get_lines()
+        assert len(lines) == 4 and all(len(ln.get_xdata()) > 1 for ln in lines)
+        assert len({str(ln.get_linestyle()) for ln in lines}) == 4  # told apart when equal
+        assert ax.get_xlabel() == "pt_btagJes [GeV]"
+        assert ax.get_xscale() == "log"
+        for line in lines:  # a density: the fractions times the bin widths sum to one
+            x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+            assert np.isclose(np.sum(y[:-1] * np.diff(x)), 1.0)
+            assert x.max() == pytest.approx(6_000) or x.max() > 6_000  # in GeV, not MeV
+    assert before.get_ylabel() == "fraction of entries / GeV"
+    # after weighting every class is the target: the four lines coincide
+    ys = [np.asarray(ln.get_ydata()) for ln in after.get_lines()]
+    for y in ys[1:]:
+        np.testing.assert_allclose(y, ys[0], rtol=1e-5)
+    # tick labels are plain numbers
+    fig.canvas.draw()
+    labels = [t.get_text() for t in before.get_xticklabels() if t.get_text()]
+    assert labels and not any("e+" in t or "$" in t for t in labels), labels
+
+    eta = drawer.figure(jobs["eta_btagJes.png"])
+    assert eta.axes[0].get_xlabel() == "eta_btagJes"  # no unit
+    assert eta.axes[0].get_ylabel() == "fraction of entries / unit"
+
+    weights = drawer.figure(jobs["weights.png"]).axes[0]
+    assert weights.get_legend() is not None and weights.get_xlabel() == "weight"
+    assert weights.title.get_fontsize() >= 10
+
+    heat = drawer.figure(jobs["map_pt_btagJes_eta_btagJes.png"])
+    assert heat.axes[0].get_xlabel() == "pt_btagJes [GeV]"
+    assert heat.axes[0].get_ylabel() == "eta_btagJes"

@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from upp_grid.grid.sandbox import find_env_dir
-from upp_grid.grid.sandbox_members import SUBMIT_ONLY_DISTS, runtime_distributions, site_packages
+from upp_grid.grid.sandbox_members import LOCAL_ONLY_DISTS, runtime_distributions, site_packages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def test_every_runtime_distribution_is_pinned_and_nothing_submit_only():
     site = site_packages(find_env_dir())
     needed = {canonical(d.metadata["Name"]) for d in runtime_distributions(site)} - {"upp-grid"}
     assert set(pins()) == needed
-    assert not SUBMIT_ONLY_DISTS & set(pins())
+    assert not LOCAL_ONLY_DISTS & set(pins())
 
 
 def test_pins_satisfy_the_lower_bounds_of_setup_cfg():
@@ -47,7 +47,7 @@ def test_pins_satisfy_the_lower_bounds_of_setup_cfg():
             continue
         req = Requirement(line.strip())
         name = canonical(req.name)
-        if name in SUBMIT_ONLY_DISTS:
+        if name in LOCAL_ONLY_DISTS:
             continue
         assert name in pins(), f"{name} is not pinned in docker/requirements.txt"
         assert req.specifier.contains(pins()[name]), (name, str(req.specifier))

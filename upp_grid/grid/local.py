@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ from upp_grid.grid.backend import ActionReport, FailedJob, RetryParams, TaskActi
 from upp_grid.grid.state import JobRecord, StateDB, Submission, TaskRecord
 from upp_grid.grid.store import LocalStore
 from upp_grid.grid.tasks import TaskSpec, group_inputs
+from upp_grid.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +223,21 @@ class LocalBackend:
         if not todo:
             return
         log.info("running %d job(s) with %d worker(s)", len(todo), self.workers)
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(todo))) as pool:
+        workers = min(self.workers, len(todo))
+        with progress_bar(len(todo), "jobs", unit="jobs") as advance, \
+                ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(self._run_job, submission, task, job.index)
                        for task, job in todo]
-            for future in futures:
-                future.result()
+            failed = 0
+            advance.set_note(f"{workers} running")
+            for future in as_completed(futures):
+                failed += future.result() is False
+                running = min(workers, len(todo) - advance.done - 1)
+                advance.set_note(f"{running} running, {failed} failed")
+                advance(1)
 
-    def _run_job(self, submission: Submission, task: TaskRecord, index: int) -> None:
+    def _run_job(self, submission: Submission, task: TaskRecord, index: int) -> bool | None:
+        """Run one job; False if it failed (None: claimed by another run)."""
         work = Path(submission.work_dir or "")
         with StateDB(self.state.path) as state:  # one connection per thread
             log_base = work / "logs" / str(task.id) / f"{index:06d}"
@@ -242,20 +251,21 @@ class LocalBackend:
                 code = _execute(state, job, command, job_dir)
             except OSError as err:
                 state.finish_job(job, "failed", None, f"cannot start the job: {err}")
-                return
+                return False
             missing = [o.file for o in task.outputs if not (job_dir / o.file).is_file()]
             if code != 0 or missing:
                 error = (f"exit code {code}: {_last_line(job.log_path)}" if code != 0
                          else f"declared output {missing[0]} missing")
                 state.finish_job(job, "failed", code, error)
                 log.warning("job %d of %s failed: %s", index, task.container, error)
-                return
+                return False
             store = LocalStore(Path(submission.store_dir or work / "store"))
             for output in task.outputs:
                 name = f"{task.scope}.{task.id}._{index:06d}.{output.file}"
                 store.publish(job_dir / output.file, task.scope, output.container, name)
             state.finish_job(job, "done", 0, None)
             shutil.rmtree(job_dir, ignore_errors=True)
+            return True
 
     def _reap_lost(self, task: TaskRecord) -> None:
         for job in self.state.jobs(task.id):

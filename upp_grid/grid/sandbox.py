@@ -34,6 +34,7 @@ import os
 import shlex
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,7 @@ from upp_grid.grid import sandbox_members as allow
 from upp_grid.grid.safe_tar import safe_members
 from upp_grid.grid.sandbox_members import Member, SandboxError
 from upp_grid.grid.secret_scan import scan
+from upp_grid.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,8 @@ def make_manifest(inputs: SandboxInputs, content: allow.SandboxContent) -> dict:
             "members": len(content.members) + 1}
 
 
-def scan_members(members: tuple[Member, ...]) -> dict[str, str]:
+def scan_members(members: tuple[Member, ...],
+                 progress: Callable[[int], None] | None = None) -> dict[str, str]:
     """sha256 of every file member, after scanning its content for credentials.
 
     Raises
@@ -234,6 +237,8 @@ def scan_members(members: tuple[Member, ...]) -> dict[str, str]:
                                f"into the sandbox as {member.arcname}; nothing was built or "
                                "uploaded (remove the secret from that file)")
         hashes[member.arcname] = hashlib.sha256(data).hexdigest()
+        if progress:
+            progress(1)
     return hashes
 
 
@@ -246,9 +251,11 @@ def _read(member: Member) -> bytes:
 
 
 def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL,
-                  hashes: dict[str, str] | None = None) -> int:
+                  hashes: dict[str, str] | None = None,
+                  progress: Callable[[int], None] | None = None) -> int:
     """Write a deterministic ``.tar.gz`` atomically; returns its size in bytes. With
-    ``hashes``, a file whose content differs from its scanned hash is an error."""
+    ``hashes``, a file whose content differs from its scanned hash is an error;
+    ``progress(n)``: n more members packed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent)  # a killed build's partial tarball
     with atomic_path(out) as tmp, tmp.open("wb") as raw, \
@@ -257,6 +264,8 @@ def write_tarball(members: list[Member], out: Path, level: int = DEFAULT_LEVEL,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for member in members:
             _add_member(tar, member, hashes)
+            if progress:
+                progress(1)
     return out.stat().st_size
 
 
@@ -309,7 +318,9 @@ def ensure_sandbox(inputs: SandboxInputs, out_dir: Path, *, limit: int | None = 
         info = SandboxInfo(out, out.stat().st_size, names, True, digest, previous["sha256"])
     else:
         log.info("scanning %d members for credentials", len(members))
-        hashes = scan_members(members)
+        files = sum(m.kind == "file" for m in members)
+        with progress_bar(files, "sandbox scan", unit="files") as advance:
+            hashes = scan_members(members, advance)
         scanned = time.perf_counter()
         manifest["created"] = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest["files"] = hashes
@@ -318,7 +329,8 @@ def ensure_sandbox(inputs: SandboxInputs, out_dir: Path, *, limit: int | None = 
                                  data=json.dumps(manifest, indent=1, sort_keys=True).encode())
         ordered = sorted([*members, manifest_member], key=lambda m: m.arcname)
         log.info("packing %d files into %s", len(ordered), out)
-        size = write_tarball(ordered, out, level, hashes)
+        with progress_bar(len(ordered), "sandbox", unit="files") as advance:
+            size = write_tarball(ordered, out, level, hashes, advance)
         sha = file_sha256(out)
         write_json_atomic(info_path, {"fingerprint": digest, "size": size, "sha256": sha,
                                       "created": manifest["created"], "members": len(ordered)})

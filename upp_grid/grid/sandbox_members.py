@@ -7,7 +7,7 @@ A venv sandbox holds exactly:
   one that leads out of ``env/`` to the base interpreter (under ``home`` of ``pyvenv.cfg``) is
   copied on purpose and named in the manifest (:class:`BaseInterpreter`);
 * in site-packages, the files of upp-grid's run-time distributions (its ``Requires-Dist``
-  closure without the submit-side :data:`SUBMIT_ONLY_DISTS`) as their installed ``RECORD``
+  closure without the submit-side :data:`LOCAL_ONLY_DISTS`) as their installed ``RECORD``
   lists them, without byte code, ``tests`` directories, hdf5plugin's lossy compressors
   (:data:`PRUNED_HDF5_PLUGINS`) and ``direct_url.json`` (it names the build machine's path);
 * upp-grid's own package: the installed ``RECORD`` when the running code is the installed
@@ -43,7 +43,9 @@ from upp_grid.errors import UppGridError
 
 log = logging.getLogger(__name__)
 
-SUBMIT_ONLY_DISTS = frozenset({"panda-client", "rucio-clients"})
+# run-time dependencies a grid job never imports: the grid clients (submit and download run
+# on the user's machine) and matplotlib (the worker never plots)
+LOCAL_ONLY_DISTS = frozenset({"panda-client", "rucio-clients", "matplotlib"})
 # lossy scientific compressors: neither TDD ntuples nor upp-grid's intermediates use them
 PRUNED_HDF5_PLUGINS = frozenset({"libh5sz.so", "libh5sz3.so", "libh5sperr.so", "libh5zfp.so",
                                  "libh5fcidecomp.so", "libh5htj2k.so"})
@@ -222,7 +224,7 @@ def runtime_distributions(site: Path) -> list[importlib.metadata.Distribution]:
         dist = todo.pop()
         for req in dist.requires or []:
             name, needed = _requirement(req)
-            if not needed or name in keep or (dist is root and name in SUBMIT_ONLY_DISTS):
+            if not needed or name in keep or (dist is root and name in LOCAL_ONLY_DISTS):
                 continue
             if name not in dists:
                 raise SandboxError(f"{site}: {name}, which {dist.metadata['Name']} needs at run "

@@ -902,9 +902,10 @@ class _SplitJob:
 
 
 def merge_work(config: Config, splits: Sequence[str]) -> int:
-    """Units of progress :func:`merge_stage` reports: jets read plus jets written."""
+    """Units of progress :func:`merge_stage` reports: the jets of ``splits``, each counted once
+    (half when it is read and shuffled, half when it is written)."""
     cat = read_catalogue(config)
-    return 2 * sum(cat.total(s) for s in splits)
+    return sum(cat.total(s) for s in splits)
 
 
 def merge_stage(config: Config, splits: Sequence[str] = SPLITS,
@@ -955,18 +956,18 @@ def _merge(config: Config, splits: Sequence[str], advance: Progress) -> list[Spl
         job = _prepare(config, cat, split, hists, digest)
         if job is None:
             done.append(_skipped(config, cat, split))
-            advance(2 * cat.total(split))
+            advance(cat.total(split))
         else:
             jobs.append(job)
             reused = job.plan.num_jets - sum(job.plan.file_sizes[k] for k in job.todo)
             if reused:
-                advance(2 * reused)
+                advance(reused)
     nproc = config.reweighting.merge_num_proc if config.reweighting else 1
     routed = _run(_route_with_hists, [t for j in jobs for t in j.route], nproc,
-                  lambda r: advance(r.num_jets), hists)
+                  lambda r: advance(r.num_jets / 2), hists)
     _warn_overflow(config, set().union(*(r.overflow for r in routed)))
     results = _run(write_file, [t for j in jobs for t in j.write], nproc,
-                   lambda r: advance(r.num_jets))
+                   lambda r: advance(r.num_jets / 2))
     return done + _finish(config, cat, jobs, results)
 
 

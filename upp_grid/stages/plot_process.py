@@ -145,10 +145,17 @@ class PlotProcess:
         with contextlib.suppress(OSError, ValueError):
             self._jobs_conn.send(_IDLE)
         reported = 0
-        while self._receive(block=True):
+
+        def report() -> None:  # figures received so far, polled earlier ones included
+            nonlocal reported
             if progress and len(self._outcomes) > reported:
                 progress(len(self._outcomes) - reported)
                 reported = len(self._outcomes)
+
+        report()
+        while self._receive(block=True):
+            report()
+        report()
         self._process.join()
         self._close()
         return self._result()

@@ -6,8 +6,13 @@ Per reweight, in ``<plots_dir>/<group>/<reweight name>/``:
   valid tracks) in populated bins;
 * ``map_<var1>_<var2>.png`` for each pair of variables: the weight map per class (for more than
   two variables, the entry-weighted mean weight over the other axes);
-* ``<var>.png`` for each variable: its distribution per class before and after weighting
-  (normalised to unit area; after weighting every class equals the target).
+* ``<var>.png`` for each variable: its distribution per class before and after weighting,
+  normalised to unit area and divided by the bin width (a density: variable bin widths draw
+  no false steps); after weighting every class equals the target, so each class has its own
+  line style and both panels a legend.
+
+Momenta, energies and masses (MeV in the ntuples, :func:`upp_grid.h5io.is_mev_scale`) are drawn
+in GeV, with the unit on the axis; tick labels are plain numbers (``20``, ``100``, ``1,000``).
 
 Overflow bins (±inf edges) are drawn one neighbouring-bin width wide. matplotlib (the ``plot``
 extra) is imported here only, and only its object-oriented API with the Agg canvas is used, so
@@ -48,10 +53,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from upp_grid.h5io import is_mev_scale
+
 if TYPE_CHECKING:
     from upp_grid.stages.histograms import ReweightHists
 
-DPI = 80
+DPI = 100
 PNG_COMPRESS_LEVEL = 1  # zlib level: 1 encodes in half the time of 6, files ~10 % larger
 MAX_LAYOUTS = 8  # figures a Drawer keeps for reuse (a few MB each)
 _MODULES = ("matplotlib.backends.backend_agg", "matplotlib.colors", "matplotlib.ticker",
@@ -102,8 +109,8 @@ def _figure_class() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise PlottingUnavailable("matplotlib is not installed "
-                                  "(pip install 'upp-grid[plot]')") from None
+        raise PlottingUnavailable("matplotlib is not installed (it is a dependency of "
+                                  "upp-grid: rerun `bash scripts/setup_env.sh`)") from None
     return Figure
 
 
@@ -147,6 +154,11 @@ class Drawer:
     def draw(self, job: PlotJob) -> Path:
         """Draw one figure and write it to ``job.path`` atomically; returns the path."""
         job.path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(self.figure(job), job.path)
+        return job.path
+
+    def figure(self, job: PlotJob) -> Any:
+        """The matplotlib figure of ``job``, drawn but not written (tests read its data)."""
         kind = _KINDS[job.kind]
         key = (job.kind, *kind.layout(job.data, job.axes))
         entry = self._figures.pop(key, None)  # re-inserted: the most recent is last
@@ -160,8 +172,7 @@ class Drawer:
         self._figures[key] = entry
         while len(self._figures) > MAX_LAYOUTS:
             del self._figures[next(iter(self._figures))]
-        write_png(entry[0], job.path)
-        return job.path
+        return entry[0]
 
 
 def draw(job: PlotJob) -> Path:
@@ -186,23 +197,51 @@ def write_png(fig: Any, path: Path) -> None:
 
 
 def drawable_edges(edges: np.ndarray) -> np.ndarray:
-    """``edges`` with ±inf replaced by one neighbouring-bin width beyond the last finite edge."""
+    """``edges`` with ±inf replaced by one neighbouring-bin width beyond the last finite edge
+    (below positive edges, by one neighbouring-bin ratio, so the axis stays positive)."""
     e = np.array(edges, dtype=np.float64)
     finite = np.flatnonzero(np.isfinite(e))
     lo, hi = finite[0], finite[-1]
     width_lo = e[lo + 1] - e[lo] if hi > lo else 1.0
     width_hi = e[hi] - e[hi - 1] if hi > lo else 1.0
     e[:lo] = e[lo] - width_lo * np.arange(lo, 0, -1)
+    if lo and e[lo] > 0 and e[0] <= 0:  # positive edges (a pt): extend by ratio, not width
+        e[:lo] = e[lo] * (e[lo] / e[lo + 1]) ** np.arange(lo, 0, -1)
     e[hi + 1:] = e[hi] + width_hi * np.arange(1, len(e) - hi)
     return e
+
+
+def _plain(v: float) -> str:
+    """A tick label: ``0.01``, ``20``, ``1,000``, ``10,000``, never ``1e+06``."""
+    if v == 0:
+        return "0"
+    if abs(v) >= 1:
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
+    return np.format_float_positional(float(f"{v:.3g}"), trim="-")
 
 
 def _plain_log(axis: Any) -> None:
     """Log scale with plain tick labels and no minor ticks (mathtext is slow)."""
     from matplotlib.ticker import FuncFormatter, NullLocator
 
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _plain(v)))
     axis.set_minor_locator(NullLocator())
+
+
+def unit_of(variable: str) -> tuple[float, str]:
+    """(scale, unit) a variable is drawn in: MeV-scale fields in GeV, others as stored."""
+    return (1e-3, "GeV") if is_mev_scale(variable) else (1.0, "")
+
+
+def axis_label(variable: str) -> str:
+    """``pt_btagJes [GeV]``; ``eta_btagJes`` (no unit)."""
+    unit = unit_of(variable)[1]
+    return f"{variable} [{unit}]" if unit else variable
+
+
+def shown_edges(d: PlotData, i: int) -> np.ndarray:
+    """The drawable edges of axis ``i`` in the unit it is drawn in."""
+    return drawable_edges(d.edges[i]) * unit_of(d.variables[i])[0]
 
 
 def _is_log(edges: np.ndarray) -> bool:
@@ -218,7 +257,7 @@ def _few_ticks(axis: Any) -> None:
 
 
 def _x_axis(ax: Any, edges: np.ndarray, label: str) -> None:
-    ax.set_xlabel(label)
+    ax.set_xlabel(label, fontsize=11)
     if _is_log(edges):
         ax.set_xscale("log")
         _plain_log(ax.xaxis)
@@ -241,9 +280,13 @@ def _share_y(axs: Any) -> None:
             ax.yaxis.set_major_locator(NullLocator())
 
 
-def _steps(ax: Any, label: str, color: str) -> Any:
-    """An empty step line (set by :func:`_set_steps`)."""
-    return ax.plot([], [], drawstyle="steps-post", label=label, color=color)[0]
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+
+
+def _steps(ax: Any, label: str, i: int) -> Any:
+    """An empty step line of class number ``i`` (colour and line style of its own)."""
+    return ax.plot([], [], drawstyle="steps-post", label=label, color=f"C{i}",
+                   linestyle=LINE_STYLES[i % len(LINE_STYLES)], linewidth=1.6)[0]
 
 
 def _set_steps(line: Any, edges: np.ndarray, values: np.ndarray) -> None:
@@ -275,23 +318,24 @@ def _weights_layout(d: PlotData, _: tuple[int, ...]) -> tuple[Any, ...]:
 
 
 def _build_weights(fig: Any, d: PlotData, _: tuple[int, ...]) -> Any:
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.9)
     ax = fig.add_subplot()
-    lines = [_steps(ax, d.labels[c], f"C{i}") for i, c in enumerate(d.classes)]
+    lines = [_steps(ax, d.labels[c], i) for i, c in enumerate(d.classes)]
     if _positive_weights(d).size:
         ax.set_xscale("log")
         _plain_log(ax.xaxis)
         ax.set_yscale("log")
         _plain_log(ax.yaxis)
         ax.legend(title=d.class_var)
-    ax.set_xlabel("weight")
-    ax.set_ylabel("entries")
+    ax.set_xlabel("weight", fontsize=11)
+    ax.set_ylabel("entries", fontsize=11)
     return ax, lines
 
 
 def _update_weights(state: Any, d: PlotData, _: tuple[int, ...]) -> None:
     ax, lines = state
-    ax.set_title(d.name, fontsize=8, y=1.0)
+    ax.set_title(f"{d.name}\nweights per class, over the histogrammed entries", fontsize=10,
+                 y=1.0)
     weights = _positive_weights(d)
     if not weights.size:
         return
@@ -335,7 +379,7 @@ def _map_layout(d: PlotData, axes: tuple[int, ...]) -> tuple[Any, ...]:
 def _build_map(fig: Any, d: PlotData, axes: tuple[int, ...]) -> Any:
     from matplotlib.colors import LogNorm
 
-    x_edges, y_edges = (drawable_edges(d.edges[i]) for i in axes)
+    x_edges, y_edges = (shown_edges(d, i) for i in axes)
     norm = LogNorm(1, 10) if _any_positive(d) else None  # limits: set per figure
     fig.subplots_adjust(left=0.06, right=0.9, bottom=0.17, top=0.88, wspace=0.1)
     axs = fig.subplots(1, len(d.classes), squeeze=False)[0]
@@ -343,11 +387,15 @@ def _build_map(fig: Any, d: PlotData, axes: tuple[int, ...]) -> Any:
     meshes = []
     for ax, c in zip(axs, d.classes, strict=True):
         meshes.append(ax.pcolormesh(x_edges, y_edges, empty, norm=norm, rasterized=True))
-        ax.set_title(f"{d.class_var} {d.labels[c]}", fontsize=9, y=1.0)
-        _x_axis(ax, x_edges, d.variables[axes[0]])
-    _few_ticks(axs[0].yaxis)
+        ax.set_title(f"{d.class_var} {d.labels[c]}", fontsize=10, y=1.0)
+        _x_axis(ax, x_edges, axis_label(d.variables[axes[0]]))
+    if _is_log(y_edges):
+        axs[0].set_yscale("log")
+        _plain_log(axs[0].yaxis)
+    else:
+        _few_ticks(axs[0].yaxis)
     _share_y(axs)
-    axs[0].set_ylabel(d.variables[axes[1]])
+    axs[0].set_ylabel(axis_label(d.variables[axes[1]]), fontsize=11)
     bar = fig.colorbar(meshes[-1], cax=fig.add_axes((0.92, 0.17, 0.012, 0.71)), label="weight")
     return meshes, norm, bar
 
@@ -360,39 +408,56 @@ def _update_map(state: Any, d: PlotData, axes: tuple[int, ...]) -> None:
     positive = np.concatenate([m[m > 0] for m in maps.values()])
     if norm is not None and positive.size:
         norm.vmin, norm.vmax = positive.min(), positive.max()
+        from matplotlib.ticker import LogLocator
+
+        bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         _plain_log(bar.ax.yaxis)  # after the limits: the colour bar resets its formatter
 
 
 # --------------------------------------------------------------------------- <var>.png
 def _variable_layout(d: PlotData, axes: tuple[int, ...]) -> tuple[Any, ...]:
-    return (*_labels(d), d.variables[axes[0]], _is_log(drawable_edges(d.edges[axes[0]])))
+    return (*_labels(d), d.variables[axes[0]], _is_log(shown_edges(d, axes[0])))
+
+
+def density_label(variable: str) -> str:
+    """The y label of a variable's distribution: a fraction per unit of the x axis."""
+    unit = unit_of(variable)[1]
+    return f"fraction of entries / {unit}" if unit else "fraction of entries / unit"
 
 
 def _build_variable(fig: Any, d: PlotData, axes: tuple[int, ...]) -> Any:
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.92, wspace=0.08)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.9, wspace=0.08)
     panels = fig.subplots(1, 2)
-    edges = drawable_edges(d.edges[axes[0]])
+    edges = shown_edges(d, axes[0])
+    variable = d.variables[axes[0]]
     lines = []
-    for ax, title in zip(panels, ("before weighting", "after weighting"), strict=True):
-        lines.append([_steps(ax, d.labels[c], f"C{i}") for i, c in enumerate(d.classes)])
-        ax.set_title(title, fontsize=9, y=1.0)
-        _x_axis(ax, edges, d.variables[axes[0]])
-    _few_ticks(panels[0].yaxis)
-    panels[0].set_ylabel("fraction of entries")
-    panels[0].legend(title=d.class_var)
+    for ax, title in zip(panels, ("before weighting", "after weighting (classes overlap: "
+                                                      "the target)"), strict=True):
+        lines.append([_steps(ax, d.labels[c], i) for i, c in enumerate(d.classes)])
+        ax.set_title(title, fontsize=11, y=1.0)
+        _x_axis(ax, edges, axis_label(variable))
+        if _is_log(edges):
+            ax.set_yscale("log")
+            _plain_log(ax.yaxis)
+        ax.legend(title=d.class_var, fontsize=9)
+    if not _is_log(edges):
+        _few_ticks(panels[0].yaxis)
+    panels[0].set_ylabel(density_label(variable), fontsize=11)
     return panels, lines
 
 
 def _update_variable(state: Any, d: PlotData, axes: tuple[int, ...]) -> None:
     panels, lines = state
     other = tuple(i for i in range(len(d.edges)) if i != axes[0])
-    edges = drawable_edges(d.edges[axes[0]])
+    edges = shown_edges(d, axes[0])
+    widths = np.diff(edges)
     for i, c in enumerate(d.classes):
         n = d.hists[c].astype(np.float64)
         for panel_lines, counts in zip(lines, (n, n * d.weights[c]), strict=True):
             marginal = counts.sum(axis=other) if other else counts
             total = marginal.sum()
-            _set_steps(panel_lines[i], edges, marginal / total if total > 0 else marginal)
+            fraction = marginal / total if total > 0 else marginal
+            _set_steps(panel_lines[i], edges, fraction / widths)
     for ax in panels:
         _autoscale(ax)
     _share_y(panels)
@@ -412,5 +477,6 @@ _KINDS = MappingProxyType({
     "weights": _Kind(lambda d: (7, 4.5), _weights_layout, _build_weights, _update_weights),
     "map": _Kind(lambda d: (3.2 * len(d.classes) + 1.2, 3.4), _map_layout, _build_map,
                  _update_map),
-    "variable": _Kind(lambda d: (10, 4), _variable_layout, _build_variable, _update_variable),
+    "variable": _Kind(lambda d: (11, 4.5), _variable_layout, _build_variable,
+                      _update_variable),
 })

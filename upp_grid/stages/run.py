@@ -119,7 +119,7 @@ def _wait_plots(pending: PendingPlots, bar: ProgressBar) -> list[Path]:
 
 
 def _merge(config: Config, bar: ProgressBar) -> MergeSummary:
-    with bar(merge_work(config, SPLITS), "merge (read + write)") as advance:
+    with bar(merge_work(config, SPLITS), "merge") as advance:
         return merge_stage(config, SPLITS, progress=advance)
 
 
