@@ -52,13 +52,24 @@ def _load(config_path: Path):
     return load_config(config_path)
 
 
-def _load_to_write(config_path: Path):
-    """The config, with its base_dir's writer lock held until the command ends."""
+def _load_to_write(config_path: Path, *, components: bool = False, out: bool = False,
+                   overwrite: bool = False):
+    """The config, with its base_dir's writer lock held until the command ends, and the
+    directories the command writes checked to be its own (:mod:`upp_grid.ownership`)."""
     from upp_grid.lock import writer_lock
+    from upp_grid.ownership import check_components_dir, check_out_dir
 
     config = _load(config_path)
     click.get_current_context().with_resource(writer_lock(config.global_.base_dir))
+    if components:
+        check_components_dir(config, overwrite)
+    if out:
+        check_out_dir(config, overwrite)
     return config
+
+
+OVERWRITE_OUT = click.option("--overwrite", is_flag=True, help="Replace the outputs of "
+                             "another config in out_dir (which then belongs to this one).")
 
 
 @cli.command("make-mock")
@@ -119,14 +130,15 @@ def check_cmd(config_path: Path, config_only: bool) -> None:
 @click.option("--files", default=None, help="Comma-separated input files (of --container).")
 @click.option("--workers", default=None, type=click.IntRange(1),
               help="Processes (default: min(files, cores)).")
-@click.option("--overwrite", is_flag=True, help="Redo inputs that are already split.")
+@click.option("--overwrite", is_flag=True, help="Redo inputs that are already split (and take "
+              "over a components_dir another config split).")
 def split_cmd(config_path: Path, container: str | None, files: str | None,
               workers: int | None, overwrite: bool) -> None:
     """Split every input file into split x region x sample x flavour component files."""
     from upp_grid.report import print_split_summary
 
-    config = _load_to_write(config_path)
-    file_list = [Path(f) for f in files.split(",") if f] if files else None
+    config = _load_to_write(config_path, components=True, overwrite=overwrite)
+    file_list = [f for f in files.split(",") if f] if files else None
     summary, cat = _run_split(config, container, file_list, workers, overwrite)
     print_split_summary(config, summary, cat)
 
@@ -143,11 +155,12 @@ def _run_split(config, container=None, files=None, workers=None, overwrite=False
 @cli.command("weights")
 @CONFIG_OPTION
 @click.option("--no-plots", is_flag=True, help="Skip the plots in <out_dir>/plots/.")
-def weights_cmd(config_path: Path, no_plots: bool) -> None:
+@OVERWRITE_OUT
+def weights_cmd(config_path: Path, no_plots: bool, overwrite: bool) -> None:
     """Histogram the train classes and write <out_dir>/histograms.h5 and its report."""
     from upp_grid.report import print_weights_report
 
-    config = _load_to_write(config_path)
+    config = _load_to_write(config_path, out=True, overwrite=overwrite)
     print_weights_report(_run_weights(config, plots=not no_plots))
 
 
@@ -168,13 +181,14 @@ def _run_weights(config, plots=True):
 @click.option("--split", "split", default="all", show_default=True,
               type=click.Choice(["train", "val", "test", "all"]),
               help="Which split(s) to merge.")
-def merge_cmd(config_path: Path, split: str) -> None:
+@OVERWRITE_OUT
+def merge_cmd(config_path: Path, split: str, overwrite: bool) -> None:
     """Shuffle a split's components into the final files, with weights attached."""
     from upp_grid.progress import progress_bar
     from upp_grid.report import print_merge_summary
     from upp_grid.stages.merge import merge_stage, merge_work, parse_splits
 
-    config = _load_to_write(config_path)
+    config = _load_to_write(config_path, out=True, overwrite=overwrite)
     splits = parse_splits(split)
     with progress_bar(merge_work(config, splits), "merge") as advance:
         summary = merge_stage(config, splits, progress=advance)
@@ -187,14 +201,15 @@ def merge_cmd(config_path: Path, split: str) -> None:
               help="Weight every entry by its jet's reweighting weight.")
 @click.option("--weight", default=None,
               help="The jets weight field for --weighted (default: the first jets reweight).")
-def norm_cmd(config_path: Path, weighted: bool, weight: str | None) -> None:
+@OVERWRITE_OUT
+def norm_cmd(config_path: Path, weighted: bool, weight: str | None, overwrite: bool) -> None:
     """Write norm_dict.yaml and class_dict.yaml from the merged train files."""
     from upp_grid.progress import progress_bar
     from upp_grid.report import print_norm_result
     from upp_grid.stages.merge import merged_files
     from upp_grid.stages.normalise import norm_stage
 
-    config = _load_to_write(config_path)
+    config = _load_to_write(config_path, out=True, overwrite=overwrite)
     jets = sum(f.num_jets for f in merged_files(config, "train"))
     with progress_bar(jets, "norm") as advance:
         result = norm_stage(config, weighted=weighted or weight is not None, weight=weight,
@@ -224,14 +239,25 @@ def verify_cmd(out_dir: Path) -> None:
 @cli.command("run")
 @CONFIG_OPTION
 @click.option("--no-plots", is_flag=True, help="Skip the weights plots.")
-def run_cmd(config_path: Path, no_plots: bool) -> None:
+@click.option("--split", "split", default="all", show_default=True,
+              type=click.Choice(["train", "val", "test", "all"]),
+              help="Which split(s) to merge (split, weights and norm run as always).")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Split processes (default: min(files, cores)).")
+@click.option("--overwrite", is_flag=True, help="Redo inputs already split, and take over "
+              "directories another config wrote.")
+def run_cmd(config_path: Path, no_plots: bool, split: str, workers: int | None,
+            overwrite: bool) -> None:
     """Run split, weights, merge (train, val, test) and norm locally; resumes after a crash."""
     from upp_grid.progress import progress_bar
     from upp_grid.report import print_run_summary
+    from upp_grid.stages.merge import parse_splits
     from upp_grid.stages.run import run_chain
 
-    config = _load_to_write(config_path)
-    print_run_summary(config, run_chain(config, plots=not no_plots, bar=progress_bar))
+    config = _load_to_write(config_path, components=True, out=True, overwrite=overwrite)
+    print_run_summary(config, run_chain(config, plots=not no_plots, bar=progress_bar,
+                                        splits=parse_splits(split), workers=workers,
+                                        overwrite=overwrite))
 
 
 @cli.command("download")
@@ -442,18 +468,33 @@ def replicate_cmd(config_path: Path | None, state: Path | None, tag: str, rse: s
 @click.option("--seed", default=42, show_default=True, type=int)
 def demo_cmd(workdir: Path, num_jets: int, seed: int) -> None:
     """Make mock data in WORKDIR and run every stage on the bundled demo config."""
+    import json
+    import shutil
+
     from upp_grid.check import check_inputs
     from upp_grid.demo import write_demo_config
+    from upp_grid.fsutil import write_json_atomic
     from upp_grid.mock import make_mock
     from upp_grid.progress import progress_bar
     from upp_grid.report import print_plan
 
     config_path = write_demo_config(workdir)
-    config = _load_to_write(config_path)
+    config = _load_to_write(config_path, components=True, out=True)
     ntuples = config.global_.ntuple_dir
-    if not any(ntuples.glob("*/*.h5")):
+    wanted = {"jets": num_jets, "seed": seed, "files": 3}
+    marker = ntuples / ".upp-grid-mock.json"
+    try:
+        made = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        made = None
+    if made != wanted or not any(ntuples.glob("*/*.h5")):
+        if ntuples.exists():
+            log.info("%s: mock data of %s, remade for --jets %d --seed %d", ntuples,
+                     made or "unknown size", num_jets, seed)
+            shutil.rmtree(ntuples)
         with progress_bar(num_jets, "make-mock") as advance:
             make_mock(ntuples, num_jets=num_jets, num_files=3, seed=seed, progress=advance)
+        write_json_atomic(marker, wanted)
     report = check_inputs(config)
     print_plan(config, report)
     if report.problems:

@@ -255,12 +255,13 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
     con = _console()
     if summary.weights is not None:
         print_weights_tables(summary.weights)
+    splits = tuple(summary.jets_out)
     con.print(_in_out_table("run: jets per flavour (catalogue in, merged out)",
-                            config.flavour_names, summary.jets_in, summary.jets_out, SPLITS))
+                            config.flavour_names, summary.jets_in, summary.jets_out, splits))
     files = Table(title="files written", title_justify="left")
     for col in ("split", "files", "directory", "virtual dataset", "kept from earlier run"):
         files.add_column(col, overflow="fold")
-    for s in SPLITS:
+    for s in splits:
         paths = summary.files[s]
         files.add_row(s, str(len(paths)), str(paths[0].parent) if paths else "-",
                       str(summary.vds[s]), str(summary.merge_reused[s]))
@@ -277,10 +278,14 @@ def print_run_summary(config: Config, summary: RunSummary) -> None:
     if summary.plots:
         where = Path(os.path.commonpath([str(Path(p).parent) for p in summary.plots]))
         con.print(f"plots: {len(summary.plots)} files under {where}")
+    con.print(f"histograms {summary.histograms}")
+    if summary.norm is None:
+        con.print("norm: not run (train not merged: run --split train or all)")
+        return
     if summary.norm.nonfinite:
         left = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.norm.nonfinite.items()))
         con.print(f"NaN/inf left out of the statistics: {left}")
-    con.print(f"histograms {summary.histograms}\nnorm {summary.norm.norm_path} "
+    con.print(f"norm {summary.norm.norm_path} "
               f"({summary.norm.num_jets:,} train jets)\nclasses {summary.norm.class_path}")
 
 

@@ -150,7 +150,9 @@ def test_split_outputs_not_from_the_tag_are_refused(tmp_path):
 
     job = mine.parent
     with pytest.raises(DownloadError, match=rf"^{tmp_path}: 1 split output is not from the "
-                       rf"download of tag 't1' \(first: {local}\)"):
-        check_layout(tmp_path, "t1", [job])
+                       rf"download of tag 't1' \(a local split or another tag's download, in "
+                       rf"1 directories, first {local.parent}\).*remove those directories.*"
+                       "nothing was downloaded$"):
+        check_layout(tmp_path, "t1", [job], before_fetch=True)
     local.unlink()
     check_layout(tmp_path, "t1", [job])  # hidden staging files do not count

@@ -83,7 +83,7 @@ def test_norm_on_the_merge_of_another_config_names_the_stage_to_rerun(
     b = write_config(tmp_path, ntuples, "b", target="min")
     assert run("run", "-c", a, "--no-plots", cwd=tmp_path).returncode == 0
 
-    result = run("norm", "-c", b, cwd=tmp_path)
+    result = run("norm", "-c", b, "--overwrite", cwd=tmp_path)  # past b's out_dir check
 
     assert result.returncode == 1
     assert error_line(result) == (
@@ -96,7 +96,9 @@ def test_merge_on_the_split_of_another_config_names_the_stage_to_rerun(
     a = write_config(tmp_path, ntuples, "a")
     b = write_config(tmp_path, ntuples, "b", extra_label="HadronConeExclExtendedTruthLabelID")
     assert run("run", "-c", a, "--no-plots", cwd=tmp_path).returncode == 0
-    assert run("split", "-c", b, cwd=tmp_path).returncode == 0  # B's components replace A's
+    refused = run("split", "-c", b, cwd=tmp_path)  # another config's components_dir
+    assert refused.returncode == 1 and f"split by {a}" in refused.stderr
+    assert run("split", "-c", b, "--overwrite", cwd=tmp_path).returncode == 0  # B's replace A's
 
     result = run("merge", "-c", a, cwd=tmp_path)
 

@@ -64,8 +64,8 @@ def test_upp_integration_config_runs_end_to_end(integration: Path) -> None:
     run, left = run_in_session("run", "-c", "upp-rw-integration.yaml", cwd=integration)
     assert run.returncode == 0, run.stderr
     assert left == []  # the plotting process and its helpers have ended
-    out = integration / "test_out"
-    assert_complete(out, integration / "split-components" / "organised-components.yaml")
+    out = integration / "output-upp-rw"
+    assert_complete(out, integration / "split-components-upp-rw" / "organised-components.yaml")
     for stage in ("split", "weights", "merge", "norm", "plots (wait)", "total"):
         assert stage in run.stdout.split("time per stage")[1]
     report = yaml.safe_load((out / "weights-report.yaml").read_text())
@@ -74,7 +74,7 @@ def test_upp_integration_config_runs_end_to_end(integration: Path) -> None:
     assert sorted(Path(p) for p in report["plots"]) == [p.resolve() for p in plots]
     assert report["timings"]["plots_s"] > 0 and report["timings"]["plots_wait_s"] >= 0
     assert f"wrote 26 plots to {(out / 'plots').resolve()}" in run.stderr
-    with h5py.File(integration / "test_out" / "pp_output_train_vds.h5", "r") as f:
+    with h5py.File(integration / "output-upp-rw" / "pp_output_train_vds.h5", "r") as f:
         names = f["jets"].dtype.names
         assert sum(n.startswith("weight_jets_pt_eta_target_") for n in names) == 6
         assert "weight_tracks_deta_target_mean_leptonID" in f["tracks"].dtype.names
@@ -82,7 +82,7 @@ def test_upp_integration_config_runs_end_to_end(integration: Path) -> None:
 
 def test_a_plotting_failure_is_one_warning_line_and_the_chain_completes(
         integration: Path) -> None:
-    out = integration / "test_out"
+    out = integration / "output-upp-rw"
     out.mkdir()
     (out / "plots").write_text("a file where the plots directory should be")
     run, left = run_in_session("run", "-c", "upp-rw-integration.yaml", cwd=integration)
@@ -92,14 +92,14 @@ def test_a_plotting_failure_is_one_warning_line_and_the_chain_completes(
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith(f"plots: 26 of 26 not written; {(out / 'plots').resolve()}/")
     assert "Traceback" not in run.stderr
-    assert_complete(out, integration / "split-components" / "organised-components.yaml")
+    assert_complete(out, integration / "split-components-upp-rw" / "organised-components.yaml")
     report = yaml.safe_load((out / "weights-report.yaml").read_text())
     assert report["plots"] == [] and len(report["reweights"]) == 7
 
 
 def test_a_rerun_after_a_crash_finishes_the_job(integration: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    staging = integration / "test_out" / "train" / ".staging"
+    staging = integration / "output-upp-rw" / "train" / ".staging"
     proc = subprocess.Popen([sys.executable, "-m", "upp_grid", "run", "-c",
                              "upp-rw-integration.yaml", "--no-plots"], cwd=integration, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -109,12 +109,12 @@ def test_a_rerun_after_a_crash_finishes_the_job(integration: Path) -> None:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (integration / "test_out" / "norm_dict.yaml").exists()  # died mid-way
+    assert not (integration / "output-upp-rw" / "norm_dict.yaml").exists()  # died mid-way
     run = cli("run", "-c", "upp-rw-integration.yaml", "--no-plots", cwd=integration)
     assert run.returncode == 0, run.stderr
     assert "3 inputs already split" in run.stdout
-    assert_complete(integration / "test_out",
-                    integration / "split-components" / "organised-components.yaml")
+    assert_complete(integration / "output-upp-rw",
+                    integration / "split-components-upp-rw" / "organised-components.yaml")
 
 
 def test_demo_runs_the_whole_chain(tmp_path: Path) -> None:

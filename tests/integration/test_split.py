@@ -275,7 +275,7 @@ def test_upp_integration_config_shape_splits_correctly(tmp_path, split_ntuples):
     result = cli("split", "-c", upp_rw_config(tmp_path, split_ntuples), cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    per_split = check_split_outputs(tmp_path / "split-components", split_ntuples, UPP_RW)
+    per_split = check_split_outputs(tmp_path / "split-components-upp-rw", split_ntuples, UPP_RW)
     assert per_split["train"] > 0 and per_split["test"] > 0
     assert "total" in result.stdout  # the bookkeeping table
 

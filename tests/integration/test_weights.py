@@ -294,8 +294,8 @@ def test_histograms_h5_has_upps_layout_names_and_dtypes(split_demo: Path):
     config = write_config(split_demo, "layout", [jets_reweight(), TRACKS_RW])
     weights_stage(config, plots=False)
     path = config.global_.out_dir / "histograms.h5"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["histograms.h5",
-                                                             "weights-report.yaml"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        ".upp-grid-owner.json", "histograms.h5", "weights-report.yaml"]  # and which config
     with h5py.File(path, "r") as f:
         assert sorted(f) == ["jets", "tracks"]
         jets = f["jets/weight_jets_pt_btagJes_eta_btagJes_target_mean_flavour_label"]

@@ -148,6 +148,7 @@ def _fetch(outputs: TagOutputs, options: DownloadOptions, source: Source, state:
            ) -> tuple[list[Wanted], TransferResult]:
     """List the tag's containers and fetch what is not verified yet; raise on failures."""
     wanted = list_outputs(outputs, source, components_dir, options.policy)
+    check_layout(components_dir, options.tag, (w.dest for w in wanted), before_fetch=True)
     log.info("%s: %d output containers, %d files (%s) in %s", options.tag, outputs.containers,
              len(wanted), human_bytes(sum(w.remote.size for w in wanted)), source.description)
     staging = staging_dir(components_dir, options.tag)

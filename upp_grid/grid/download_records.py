@@ -113,7 +113,8 @@ def staging_dir(components_dir: Path, tag: str) -> Path:
     return components_dir / STAGING_DIR / tag
 
 
-def check_layout(components_dir: Path, tag: str, dests: Iterable[Path]) -> None:
+def check_layout(components_dir: Path, tag: str, dests: Iterable[Path],
+                 before_fetch: bool = False) -> None:
     """Refuse split outputs in ``components_dir`` that are not in this tag's job directories.
 
     The catalogue takes every ``output_*.h5`` there: a local split or another tag's download
@@ -124,10 +125,14 @@ def check_layout(components_dir: Path, tag: str, dests: Iterable[Path]) -> None:
                if not any(part.startswith(".") for part in p.relative_to(components_dir).parts)
                and not known.intersection(p.parents)]
     if foreign:
+        units = sorted({p.parent for p in foreign})
         raise DownloadError(f"{components_dir}: {len(foreign)} split output"
                             f"{'s are' if len(foreign) > 1 else ' is'} not from the download of "
-                            f"tag '{tag}' (first: {foreign[0]}); the catalogue would count them "
-                            "too: remove them or use another components_dir")
+                            f"tag '{tag}' (a local split or another tag's download, in "
+                            f"{len(units)} directories, first {units[0]}); the catalogue would "
+                            "count their jets twice: remove those directories (`rm -r` each, or "
+                            f"all of {components_dir}), or set global.components_dir to another "
+                            "directory" + ("; nothing was downloaded" if before_fetch else ""))
 
 
 # --------------------------------------------------------------------------- state

@@ -29,6 +29,7 @@ from upp_grid.config import SPLITS, Config
 from upp_grid.errors import BookkeepingError, InputError
 from upp_grid.fsutil import remove_stale_temps, write_text_atomic
 from upp_grid.h5io import open_input
+from upp_grid.ownership import record_components_dir
 from upp_grid.stages.split import reweight_fields, split_hash
 
 log = logging.getLogger(__name__)
@@ -173,11 +174,15 @@ def write_catalogue(config: Config, expected: dict[str, dict[str, int]] | None =
                 if cat.components[split].get(comp, 0) != n:
                     raise BookkeepingError(
                         f"{catalogue_path(config)}: {split} {comp}: split records say {n} jets, "
-                        f"files on disk hold {cat.components[split].get(comp, 0)}")
+                        f"files on disk hold {cat.components[split].get(comp, 0)}: other split "
+                        f"outputs are in {config.global_.components_dir} (a download or "
+                        "another split): remove them, or rerun `upp-grid split -c CFG "
+                        "--overwrite` after removing the directory")
     data = cat.as_yaml_dict()
     if config.auto_counts:
         data["auto_counts"] = {f"solved_{s}": n for s, n in solve_auto_counts(config, cat).items()}
     write_text_atomic(catalogue_path(config), yaml.safe_dump(data, sort_keys=False))
+    record_components_dir(config)
     return cat
 
 

@@ -86,6 +86,7 @@ from upp_grid.h5io import (
 )
 from upp_grid.input_types import FieldTypes
 from upp_grid.inputs import FLAVOUR_LABEL
+from upp_grid.ownership import record_out_dir
 from upp_grid.stages.catalogue import Catalogue, read_catalogue
 from upp_grid.stages.histograms import (
     ReweightHists,
@@ -1026,6 +1027,8 @@ def _finish(config: Config, cat: Catalogue, jobs: Sequence[_SplitJob],
                                totals[j.plan.split], files, j.paths.vds, j.reused))
         log.info("merge %s: wrote %d jets in %d files and %s", j.plan.split,
                  sum(totals[j.plan.split].values()), len(files), j.paths.vds)
+    if jobs:
+        record_out_dir(config)
     return out
 
 

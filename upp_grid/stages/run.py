@@ -56,7 +56,7 @@ class RunSummary:
     jets_out: Mapping[str, Mapping[str, int]]
     files: Mapping[str, tuple[Path, ...]]
     vds: Mapping[str, Path]
-    norm: NormResult
+    norm: NormResult | None  # None when train was not merged (run --split val)
     histograms: Path
     timings: tuple[StageTime, ...]
     split_skipped: int  # inputs already split by an earlier run
@@ -70,25 +70,34 @@ class RunSummary:
 
 
 def run_chain(config: Config, plots: bool = True, bar: ProgressBar = no_progress,
-              weighted_norm: bool = False) -> RunSummary:
-    """Run every local stage in order; each raises (and the chain stops) on any failure."""
+              weighted_norm: bool = False, splits: Sequence[str] = SPLITS,
+              workers: int | None = None, overwrite: bool = False) -> RunSummary:
+    """Run every local stage in order; each raises (and the chain stops) on any failure.
+
+    ``splits`` are merged (norm runs when train is among them); ``workers`` and ``overwrite``
+    are the split's."""
     timings: list[StageTime] = []
-    split_summary, cat = _timed(timings, "split", lambda: _split(config, bar))
-    return after_split(config, cat, plots, bar, weighted_norm, timings, split_summary.skipped)
+    split_summary, cat = _timed(timings, "split",
+                                lambda: _split(config, bar, workers, overwrite))
+    return after_split(config, cat, plots, bar, weighted_norm, timings, split_summary.skipped,
+                       splits)
 
 
 def after_split(config: Config, cat: Catalogue, plots: bool = True,
                 bar: ProgressBar = no_progress, weighted_norm: bool = False,
-                timings: Sequence[StageTime] = (), split_skipped: int = 0) -> RunSummary:
+                timings: Sequence[StageTime] = (), split_skipped: int = 0,
+                splits: Sequence[str] = SPLITS) -> RunSummary:
     """weights → merge (train, val, test) → norm on the catalogue's split outputs (also what
     ``download`` runs after preparing a grid download); ``timings`` of earlier stages are
     kept in the summary."""
     done = list(timings)
     pending = _timed(done, "weights", lambda: _weights(config, plots, bar))
     with pending:  # the plots are drawn meanwhile; an error below cancels them
-        merged = _timed(done, "merge", lambda: _merge(config, bar))
-        norm = _timed(done, "norm", lambda: _norm(config, weighted_norm, bar,
-                                                  cat.total("train")))
+        merged = _timed(done, "merge", lambda: _merge(config, bar, splits))
+        norm = None
+        if "train" in splits:
+            norm = _timed(done, "norm", lambda: _norm(config, weighted_norm, bar,
+                                                      cat.total("train")))
         if pending.planned:
             _timed(done, "plots (wait)", lambda: _wait_plots(pending, bar))
     report = pending.report
@@ -103,9 +112,11 @@ def _timed(timings: list[StageTime], name: str, fn: Callable[[], T]) -> T:
     return result
 
 
-def _split(config: Config, bar: ProgressBar) -> tuple[SplitSummary, Catalogue]:
+def _split(config: Config, bar: ProgressBar, workers: int | None = None,
+           overwrite: bool = False) -> tuple[SplitSummary, Catalogue]:
     with bar(None, "split") as advance:
-        return split_stage(config, progress=advance, total=advance.set_total)
+        return split_stage(config, workers=workers, overwrite=overwrite, progress=advance,
+                           total=advance.set_total)
 
 
 def _weights(config: Config, plots: bool, bar: ProgressBar) -> PendingPlots:
@@ -118,9 +129,9 @@ def _wait_plots(pending: PendingPlots, bar: ProgressBar) -> list[Path]:
         return pending.wait(progress=advance)
 
 
-def _merge(config: Config, bar: ProgressBar) -> MergeSummary:
-    with bar(merge_work(config, SPLITS), "merge") as advance:
-        return merge_stage(config, SPLITS, progress=advance)
+def _merge(config: Config, bar: ProgressBar, splits: Sequence[str] = SPLITS) -> MergeSummary:
+    with bar(merge_work(config, splits), "merge") as advance:
+        return merge_stage(config, splits, progress=advance)
 
 
 def _norm(config: Config, weighted: bool, bar: ProgressBar, train_jets: int) -> NormResult:
@@ -128,14 +139,16 @@ def _norm(config: Config, weighted: bool, bar: ProgressBar, train_jets: int) -> 
         return norm_stage(config, weighted=weighted, progress=advance)
 
 
-def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult, weights: WeightsReport,
-             timings: tuple[StageTime, ...], skipped: int) -> RunSummary:
+def _summary(cat: Catalogue, merged: MergeSummary, norm: NormResult | None,
+             weights: WeightsReport, timings: tuple[StageTime, ...], skipped: int
+             ) -> RunSummary:
     by_split = {r.split: r for r in merged.results}
+    splits = tuple(s for s in SPLITS if s in by_split)
     return RunSummary(
-        jets_in={s: dict(cat.num_jets[s]) for s in SPLITS},
-        jets_out={s: dict(by_split[s].jets_out) for s in SPLITS},
-        files={s: tuple(f.path for f in by_split[s].files) for s in SPLITS},
-        vds={s: by_split[s].vds for s in SPLITS},
+        jets_in={s: dict(cat.num_jets[s]) for s in splits},
+        jets_out={s: dict(by_split[s].jets_out) for s in splits},
+        files={s: tuple(f.path for f in by_split[s].files) for s in splits},
+        vds={s: by_split[s].vds for s in splits},
         norm=norm, histograms=weights.histograms, timings=timings, split_skipped=skipped,
-        merge_reused={s: by_split[s].reused for s in SPLITS}, plots=weights.plots,
+        merge_reused={s: by_split[s].reused for s in splits}, plots=weights.plots,
         weights=weights)

@@ -121,9 +121,10 @@ def plan_units(config: Config, container: str | None = None,
     row ranges (:func:`parts_per_file`) so that ``workers`` (default: the usable cores)
     finish together.
 
-    ``container`` is a pattern from the config (as written there) or a sample name. Files given
-    with ``container`` are that container's (wherever they are, as on a grid worker node);
-    files given without it must be inputs of the config, and keep their samples.
+    ``container`` is a pattern from the config (as written there) or a sample name. ``files``
+    are file names as they appear in the containers (``user.mock.601589._000001.output.h5``),
+    or paths; each must be an input of ``container`` (if given) or of the config, and keeps
+    its samples.
 
     Raises
     ------
@@ -131,16 +132,12 @@ def plan_units(config: Config, container: str | None = None,
         Unknown ``container``, a pattern that matches no file (named), or a given file that
         is missing or is not an input of the config.
     """
-    if files is not None:
-        for f in files:
-            if not Path(f).is_file():
-                raise InputError(f"{f}: input file not found (--files)")
     if container is not None:
-        containers = _selected_containers(config, container, need_files=files is None)
+        containers = _selected_containers(config, container, need_files=True)
     else:
         containers = find_containers(config)
     if files is not None:
-        by_file = _assign_files(config, containers, files, container is not None)
+        by_file = _assign_files(config, containers, files, container)
     else:
         by_file = {}
         for c in containers:
@@ -204,25 +201,33 @@ def _selected_containers(config: Config, container: str, need_files: bool) -> li
     return out
 
 
-def _assign_files(config: Config, containers: list[Container], files: Sequence[Path],
-                  given_container: bool) -> dict[Path, list[str]]:
-    by_file: dict[Path, list[str]] = {}
-    if given_container:
-        for f in files:
-            for c in containers:
-                _add(by_file, Path(f), c.sample)
-        return by_file
+def _assign_files(config: Config, containers: list[Container], files: Sequence[str | Path],
+                  container: str | None) -> dict[Path, list[str]]:
+    """Each given file (a name in a container, or a path) with the samples it belongs to."""
     owners: dict[Path, list[str]] = {}
+    by_name: dict[str, list[Path]] = {}
     for c in containers:
         for path in c.files:
-            owners.setdefault(Path(path).resolve(), []).append(c.sample)
+            resolved = Path(path).resolve()
+            owners.setdefault(resolved, []).append(c.sample)
+            by_name.setdefault(Path(path).name, []).append(resolved)
+    where = (f"container {container}" if container is not None
+             else f"any container of {config.path}")
+    by_file: dict[Path, list[str]] = {}
     for f in files:
-        samples = owners.get(Path(f).resolve())
-        if not samples:
-            raise InputError(f"{f}: not an input of any sample in {config.path} "
-                             "(use --container to split a file from elsewhere)")
-        for sample in samples:
-            _add(by_file, Path(f), sample)
+        candidates = [Path(f).resolve()] if Path(f).is_file() else by_name.get(str(f), [])
+        found = [c for c in dict.fromkeys(candidates) if c in owners]
+        if not found and Path(f).is_file():
+            raise InputError(f"{f}: not a file of {where}: its jets would go to the wrong "
+                             "sample")
+        if not found:
+            raise InputError(f"{f}: no file of that name in {where} (--files takes the names "
+                             "of the files in the container's directory, or paths)")
+        if len(found) > 1:
+            raise InputError(f"{f}: names {len(found)} files in {where} "
+                             f"({', '.join(map(str, found))}): give the path")
+        for sample in owners[found[0]]:
+            _add(by_file, found[0], sample)
     return by_file
 
 

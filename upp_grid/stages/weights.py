@@ -62,6 +62,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -80,6 +81,7 @@ from upp_grid.config import Config, Reweight
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
 from upp_grid.fsutil import remove_stale_temps
 from upp_grid.h5io import batch_ranges, dataset, open_input
+from upp_grid.ownership import record_out_dir
 from upp_grid.stages.catalogue import Catalogue, catalogue_path, read_catalogue
 from upp_grid.stages.histograms import ReweightHists, flat_bins, write_histograms
 from upp_grid.stages.plot_process import PlotProcess
@@ -484,6 +486,7 @@ def weights_stage(config: Config, plots: bool = True, progress: Progress | None 
     try:
         report, hists = _weights_and_report(config, progress, workers, t0)
         if plotter is None:
+            _remove_stale_plots(config, set())  # no new plots: the old ones would mislead
             return report, PendingPlots(report)
         jobs = plan_plots(config, hists)
         plotter.submit(jobs)
@@ -509,6 +512,7 @@ def _weights_and_report(config: Config, progress: Progress | None, workers: int 
     problem = zero_weight_problem(config, summaries, sampled, available)
     if problem is None:
         write_histograms(path, hists, _file_attrs(config, sample, catalogue))
+        record_out_dir(config)
     t4 = time.perf_counter()
     report = WeightsReport(
         path, report_path(config),
@@ -520,7 +524,21 @@ def _weights_and_report(config: Config, progress: Progress | None, workers: int 
     if problem is not None:  # the report stays, for a look at the bins; no histograms
         raise ZeroWeightError(f"{problem}; see {report.report}")
     log.info("wrote %s (%d reweights)", path, len(hists))
+    _remove_stale_plots(config, {h.reweight.name for h in hists})
     return report, hists
+
+
+def _remove_stale_plots(config: Config, keep: set[str]) -> None:
+    """Plots of earlier histograms no longer describe ``histograms.h5``: remove those of
+    reweights not in ``keep`` (the kept ones are redrawn, or removed too without plots)."""
+    root = plots_dir(config)
+    if not root.is_dir():
+        return
+    for group_dir in (d for d in root.iterdir() if d.is_dir()):
+        for rw_dir in (d for d in group_dir.iterdir() if d.is_dir()):
+            if rw_dir.name not in keep:
+                log.info("removing plots of earlier histograms: %s", rw_dir)
+                shutil.rmtree(rw_dir, ignore_errors=True)
 
 
 def _check_and_summarise(config: Config, h: ReweightHists, counts: Counts) -> ReweightReport:
