@@ -697,3 +697,21 @@ def test_parts_that_do_not_tile_their_input_are_a_bookkeeping_error():
         check_inputs_whole([halves[0], SplitRecord("in.h5", 40, {}, 40, rows=(60, 100))])
     with pytest.raises(BookkeepingError, match=r"in\.h5: split parts cover 100 rows but read 99"):
         check_inputs_whole([halves[0], SplitRecord("in.h5", 49, {}, 49, rows=(50, 100))])
+
+
+def test_files_are_named_as_in_the_container_and_checked_against_it(tmp_path, split_ntuples):
+    config = demo_config(tmp_path, split_ntuples)
+    ttbar = input_of(split_ntuples, "ttbar")
+    zprime = input_of(split_ntuples, "zprime")
+
+    by_name = cli("split", "-c", config, "--container", "ttbar", "--files", ttbar.name,
+                  cwd=tmp_path)
+    assert by_name.returncode == 0, by_name.stderr
+    assert unit_dir(tmp_path / "split-components", split_ntuples, ttbar).is_dir()
+    line = one_line_error(cli("split", "-c", config, "--container", "ttbar", "--files",
+                              zprime.name, cwd=tmp_path))
+    assert zprime.name in line and "no file of that name in container ttbar" in line
+    line = one_line_error(cli("split", "-c", config, "--container", "ttbar", "--files",
+                              str(zprime), cwd=tmp_path))
+    assert "not a file of container ttbar" in line and "wrong sample" in line
+    assert not unit_dir(tmp_path / "split-components", split_ntuples, zprime).exists()

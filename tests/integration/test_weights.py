@@ -678,3 +678,15 @@ def test_figures_show_every_class_with_a_legend_units_and_densities(split_demo: 
     heat = drawer.figure(jobs["map_pt_btagJes_eta_btagJes.png"])
     assert heat.axes[0].get_xlabel() == "pt_btagJes [GeV]"
     assert heat.axes[0].get_ylabel() == "eta_btagJes"
+
+
+def test_plots_of_earlier_histograms_are_removed(split_demo: Path):
+    config = write_config(split_demo, "stale", [jets_reweight("mean")])
+    split_stage(config)
+    _, pending = weights_stage(config, plots=True)
+    with pending:
+        drawn = pending.wait()
+    assert drawn and all(p.is_file() for p in drawn)
+    weights_stage(config, plots=False)  # new histograms, no plots: the old ones would mislead
+    assert not any(p.exists() for p in drawn)
+    assert (config.global_.out_dir / "histograms.h5").is_file()

@@ -157,8 +157,9 @@ class LocalBackend:
                     out.append(FailedJob(
                         task.container, str(job.index),
                         tuple(Path(p).name for p in job.input.split(",")),
-                        "none" if job.exit_code is None else f"exit {job.exit_code}",
-                        job.error or "none", job.log_path or "none"))
+                        "no exit code (lost)" if job.exit_code is None
+                        else f"exit {job.exit_code}",
+                        job.error or "-", job.log_path or "no log (never started)"))
         return out
 
     def kill(self, submission: Submission) -> ActionReport:
@@ -275,10 +276,11 @@ class LocalBackend:
                 lost = _age_s(job.started_at) > _START_GRACE_S
             else:
                 lost = not is_alive(job.pid, job.proc_start)
-            if lost and self.state.finish_job(job, "failed", None,
-                                              f"lost: process {job.pid} is gone (killed?)"):
-                log.warning("job %d of %s was lost (process %s gone): marked failed",
-                            job.index, task.container, job.pid)
+            why = (f"process {job.pid} is gone (killed?)" if job.pid is not None
+                   else f"its process never started ({_START_GRACE_S:.0f} s)")
+            if lost and self.state.finish_job(job, "failed", None, f"lost: {why}"):
+                log.warning("job %d of %s was lost (%s): marked failed", job.index,
+                            task.container, why)
 
     def _summarise(self, task: TaskRecord) -> None:
         jobs = self.state.jobs(task.id)
