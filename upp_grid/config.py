@@ -30,6 +30,7 @@ follow-up problems about its content.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,11 +42,6 @@ from typing import Any
 
 from ftag.cuts import Cuts
 from ftag.labels import Label
-
-from upp_grid.lazy_ftag import libyaml_safe_load
-
-with libyaml_safe_load():  # ftag.flavours parses its YAML at import time
-    pass
 
 from upp_grid.config_components import AUTO_JETS as AUTO_JETS
 from upp_grid.config_components import INCLUSIVE as INCLUSIVE
@@ -198,6 +194,10 @@ class Config:
         region :data:`INCLUSIVE` (no region cuts; UPP's test split), written once."""
         if split != "test" or self.global_.test_region_cuts:
             return self.components
+        return self._inclusive_test_components
+
+    @functools.cached_property
+    def _inclusive_test_components(self) -> tuple[Component, ...]:
         inclusive = Region(INCLUSIVE, Cuts.empty())
         out: dict[tuple[str, str], Component] = {}
         for c in self.components:

@@ -33,7 +33,6 @@ def is_terminal() -> bool:
 
 def log_handler(verbose: bool) -> logging.Handler:
     """rich's handler on the shared console on a terminal; a plain stream handler otherwise."""
-    fmt = "%(levelname)-7s %(message)s" if verbose else "%(message)s"
     if is_terminal():
         handler: logging.Handler = RichHandler(
             console=stderr_console(), show_time=False, show_path=False,
@@ -41,5 +40,6 @@ def log_handler(verbose: bool) -> logging.Handler:
         handler.setFormatter(logging.Formatter("%(message)s"))
         return handler
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(logging.Formatter("%(levelname)-7s %(message)s" if verbose
+                                           else "%(message)s"))
     return handler

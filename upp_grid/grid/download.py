@@ -127,7 +127,8 @@ def download_and_prepare(config: Config, options: DownloadOptions,
         incomplete = tuple(find_incomplete(outputs, wanted, inputs))
         _check_complete(incomplete, options.allow_partial)
         record_left_out(state, components_dir, options.tag, incomplete)
-    check_layout(components_dir, options.tag, (w.dest for w in wanted))
+    if not options.download:  # a download checked before fetching (_fetch)
+        check_layout(components_dir, options.tag, (w.dest for w in wanted))
     prepared = prepare(config, options.prepare_only, options.plots, progress)
     return DownloadReport(options.tag, description, outputs.containers, len(wanted),
                           sum(w.remote.size for w in wanted), result, incomplete, prepared,

@@ -510,8 +510,6 @@ def _write_batch(plans: dict[str, _GroupPlan], jets_name: str, jets: np.ndarray,
         records = rows.reshape(len(rows), -1).view(plan.record).reshape(len(rows))
         for s, split in enumerate(SPLITS):
             outs = np.flatnonzero(split_of == s)
-            if not len(outs):
-                continue
             lo, hi = bounds[outs[0]], bounds[outs[-1] + 1]
             if hi == lo:
                 continue

@@ -30,7 +30,7 @@ class VdsReport:
     jets: int = 0
     sources: int = 0
     problems: list[str] = field(default_factory=list)
-    missing: set[str] = field(default_factory=set)  # sources not found (reported once each)
+    missing: set[str] = field(default_factory=set)  # sources not found
 
 
 def resolve_source(vds: Path, name: str) -> Path | None:
@@ -43,7 +43,7 @@ def resolve_source(vds: Path, name: str) -> Path | None:
 
 
 def verify_vds(path: Path) -> VdsReport:
-    """Check one virtual file (see the module docstring)."""
+    """Check one virtual file (see the module docstring). Each source is opened once."""
     report = VdsReport(path)
     try:
         f = h5py.File(path, "r")
@@ -51,13 +51,24 @@ def verify_vds(path: Path) -> VdsReport:
         report.problems.append(f"{path}: unreadable ({err})")
         return report
     with f:
+        jets = _jets_group(f)
         totals: dict[str, int] = {}
-        counts: dict[str, int] = {}
+        by_file: dict[str, list[tuple[str, int]]] = {}  # source -> (dataset, rows mapped)
         for group, ds in f.items():
             if not isinstance(ds, h5py.Dataset) or not ds.is_virtual:
                 report.problems.append(f"{path}: '{group}' is not a virtual dataset")
                 continue
-            totals[group] = _check_group(path, group, ds, report, counts)
+            dcpl = ds.id.get_create_plist()
+            totals[group] = 0
+            for i in range(dcpl.get_virtual_count()):
+                lo, hi = dcpl.get_virtual_vspace(i).get_select_bounds()
+                rows = int(hi[0]) - int(lo[0]) + 1
+                totals[group] += rows
+                by_file.setdefault(dcpl.get_virtual_filename(i), []).append(
+                    (dcpl.get_virtual_dsetname(i), rows))
+        counts = {}
+        for name, dsets in by_file.items():
+            _check_source(path, name, dsets, jets, report, counts)
         if len(set(totals.values())) > 1:
             report.problems.append(f"{path}: groups map different numbers of rows: {totals}")
         report.jets = max(totals.values(), default=0)
@@ -73,40 +84,31 @@ def verify_vds(path: Path) -> VdsReport:
     return report
 
 
-def _check_group(path: Path, group: str, ds: h5py.Dataset, report: VdsReport,
-                 counts: dict[str, int]) -> int:
-    """Rows ``group`` maps; each source resolved, opened and of the mapped length."""
-    dcpl = ds.id.get_create_plist()
-    mapped = 0
-    for i in range(dcpl.get_virtual_count()):
-        name = dcpl.get_virtual_filename(i)
-        dset = dcpl.get_virtual_dsetname(i)
-        lo, hi = dcpl.get_virtual_vspace(i).get_select_bounds()
-        rows = int(hi[0]) - int(lo[0]) + 1
-        mapped += rows
-        where = resolve_source(path, name)
-        if where is None:
-            if name not in report.missing:
-                report.missing.add(name)
-                report.problems.append(f"{path}: source {name} not found (nor "
-                                       f"{Path(name).name} next to it): its {rows:,} jets "
-                                       "read as fill values (NaN, flavour_label -1)")
-            continue
-        try:
-            with h5py.File(where, "r") as src:
+def _check_source(path: Path, name: str, dsets: list[tuple[str, int]], jets: str,
+                  report: VdsReport, counts: dict[str, int]) -> None:
+    """One source file: found, each mapped dataset of the mapped length; its jet counts."""
+    where = resolve_source(path, name)
+    if where is None:
+        report.missing.add(name)
+        rows = max(r for _, r in dsets)
+        report.problems.append(f"{path}: source {name} not found (nor {Path(name).name} next "
+                               f"to it): its {rows:,} jets read as fill values (NaN, "
+                               "flavour_label -1)")
+        return
+    try:
+        with h5py.File(where, "r") as src:
+            for dset, rows in dsets:
                 held = src[dset].shape[0]
                 if held != rows:
                     report.problems.append(f"{path}: {where} '{dset}' holds {held:,} rows, "
                                            f"the virtual file maps {rows:,}")
-                if "jet_counts" in src.attrs and group == _jets_group(ds.file):
-                    for flavour, n in json.loads(src.attrs["jet_counts"]).items():
-                        counts[flavour] = counts.get(flavour, 0) + int(n)
-        except (OSError, KeyError) as err:
-            report.problems.append(f"{path}: source {where} '{dset}' unreadable ({err})")
-            continue
-        if group == _jets_group(ds.file):
-            report.sources += 1
-    return mapped
+            for flavour, n in json.loads(src.attrs.get("jet_counts", "{}")).items():
+                counts[flavour] = counts.get(flavour, 0) + int(n)
+    except (OSError, KeyError, ValueError) as err:
+        report.problems.append(f"{path}: source {where} unreadable ({err})")
+        return
+    if any(d == jets for d, _ in dsets):
+        report.sources += 1
 
 
 def _jets_group(f: h5py.File) -> str:

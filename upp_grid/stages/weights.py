@@ -488,6 +488,7 @@ def weights_stage(config: Config, plots: bool = True, progress: Progress | None 
         if plotter is None:
             _remove_stale_plots(config, set())  # no new plots: the old ones would mislead
             return report, PendingPlots(report)
+        _remove_stale_plots(config, {h.reweight.name for h in hists})  # these are redrawn
         jobs = plan_plots(config, hists)
         plotter.submit(jobs)
         return report, PendingPlots(report, plotter, len(jobs))
@@ -524,13 +525,12 @@ def _weights_and_report(config: Config, progress: Progress | None, workers: int 
     if problem is not None:  # the report stays, for a look at the bins; no histograms
         raise ZeroWeightError(f"{problem}; see {report.report}")
     log.info("wrote %s (%d reweights)", path, len(hists))
-    _remove_stale_plots(config, {h.reweight.name for h in hists})
     return report, hists
 
 
 def _remove_stale_plots(config: Config, keep: set[str]) -> None:
     """Plots of earlier histograms no longer describe ``histograms.h5``: remove those of
-    reweights not in ``keep`` (the kept ones are redrawn, or removed too without plots)."""
+    reweights not in ``keep`` (the ones about to be redrawn)."""
     root = plots_dir(config)
     if not root.is_dir():
         return
