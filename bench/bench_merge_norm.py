@@ -35,7 +35,8 @@ from pathlib import Path
 import common
 
 from upp_grid.config import SPLITS, Config, load_config
-from upp_grid.stages.merge import SplitPaths, merge_stage
+from upp_grid.stages.merge import merge_stage
+from upp_grid.stages.merge_plan import SplitPaths
 from upp_grid.stages.normalise import norm_stage
 from upp_grid.stages.weights import weights_stage
 

@@ -181,8 +181,10 @@ def _run_weights(config, plots=True):
 @click.option("--split", "split", default="all", show_default=True,
               type=click.Choice(["train", "val", "test", "all"]),
               help="Which split(s) to merge.")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Processes reading and threads compressing (default: every core).")
 @OVERWRITE_OUT
-def merge_cmd(config_path: Path, split: str, overwrite: bool) -> None:
+def merge_cmd(config_path: Path, split: str, workers: int | None, overwrite: bool) -> None:
     """Shuffle a split's components into the final files, with weights attached."""
     from upp_grid.progress import progress_bar
     from upp_grid.report import print_merge_summary
@@ -191,7 +193,7 @@ def merge_cmd(config_path: Path, split: str, overwrite: bool) -> None:
     config = _load_to_write(config_path, out=True, overwrite=overwrite)
     splits = parse_splits(split)
     with progress_bar(merge_work(config, splits), "merge") as advance:
-        summary = merge_stage(config, splits, progress=advance)
+        summary = merge_stage(config, splits, progress=advance, workers=workers)
     print_merge_summary(config, summary)
 
 
@@ -243,7 +245,8 @@ def verify_cmd(out_dir: Path) -> None:
               type=click.Choice(["train", "val", "test", "all"]),
               help="Which split(s) to merge (split, weights and norm run as always).")
 @click.option("--workers", default=None, type=click.IntRange(1),
-              help="Split processes (default: min(files, cores)).")
+              help="Split processes (default: min(files, cores)) and merge workers "
+                   "(default: every core).")
 @click.option("--overwrite", is_flag=True, help="Redo inputs already split, and take over "
               "directories another config wrote.")
 def run_cmd(config_path: Path, no_plots: bool, split: str, workers: int | None,

@@ -375,6 +375,46 @@ def final_dtype(dtype: np.dtype, precision: str, full_precision_vars: tuple[str,
     return np.dtype(fields)
 
 
+F16_MIN_NORMAL = 2.0**-14  # the smallest normal float16; below it float16 is subnormal
+F16_SUBNORMAL_STEP = 2.0**24  # float16 subnormals are multiples of 2**-24
+TINY_SAMPLE_STEP = 61  # cast_field looks at every 61st value to choose its way
+TINY_SHARE = 0.15  # above this share of subnormal results, they are built directly
+
+
+def cast_field(out: np.ndarray, rows: np.ndarray, name: str) -> None:
+    """``out[name] = rows[name]``, the same bits as numpy's cast, faster into float16.
+
+    numpy casts a float whose float16 value is subnormal (``|x| < 2**-14``, e.g. ``qOverP``
+    in 1/MeV) about 20 times slower than any other value (60 ns against 2.6 ns here). Those
+    values are built directly: a float16 subnormal is ``sign | round(|x| * 2**24)``, with the
+    product exact (a power of two) and ``np.rint`` rounding half to even as IEEE (and numpy)
+    do; ``|x| * 2**24`` below one half gives a signed zero and 1024 gives the smallest normal,
+    both as numpy gives them. NaN and inf take numpy's own cast. Building them costs a few
+    passes over the field (about 7.5 ns a value, against 57 ns more per subnormal in numpy),
+    so it is done only where a sample of the values has more than :data:`TINY_SHARE` of them:
+    a field of high-momentum ``qOverP``, not the mock's (which numpy casts faster).
+    """
+    src = rows[name]
+    if out.dtype.fields[name][0] != np.float16 or src.dtype.kind != "f" or src.itemsize <= 2:
+        out[name] = src
+        return
+    sample = src.reshape(-1)[::TINY_SAMPLE_STEP]
+    if np.count_nonzero(_tiny(sample)) <= TINY_SHARE * len(sample):
+        out[name] = src  # few subnormals: numpy's cast is the cheaper (the same bits either way)
+        return
+    tiny = _tiny(src)
+    out[name] = np.where(tiny, 0, src)
+    values = src[tiny]
+    bits = np.rint(np.abs(values) * F16_SUBNORMAL_STEP).astype(np.uint16)
+    bits |= np.signbit(values).astype(np.uint16) << 15
+    out[name].view(np.uint16)[tiny] = bits
+
+
+def _tiny(values: np.ndarray) -> np.ndarray:
+    """Non-zero values whose float16 is subnormal (zero, padding included, casts fast)."""
+    return (np.abs(values) < F16_MIN_NORMAL) & (values != 0)
+
+
 _MEV_SCALE = re.compile(r"(^|_)(pt|energy|mass|et)([A-Z_]|$)|(Pt|Energy|Mass|Et)([A-Z_]|$)")
 
 

@@ -7,8 +7,10 @@ files, matched to the merged jets by ``eventNumber`` (unique in the mock data), 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import upp_grid.h5io  # noqa: F401 — registers the Blosc filter of the split o
 from upp_grid.config import SPLITS, Config, load_config
 from upp_grid.errors import BookkeepingError, InputError
 from upp_grid.mock import make_mock
-from upp_grid.stages import merge
+from upp_grid.stages import merge_plan, merge_shuffle
 from upp_grid.stages.catalogue import catalogue_path, read_catalogue
 from upp_grid.stages.merge import merge_stage
 from upp_grid.stages.split_local import split_stage
@@ -218,18 +220,39 @@ def test_same_seed_same_files_other_seed_other_order(base: Path, done: Config) -
     assert np.array_equal(np.sort(ev_ref), np.sort(ev_other))
 
 
+def test_the_same_bytes_for_any_number_of_workers(base: Path, done: Config) -> None:
+    """Workers change the speed, never the files: every output file is byte-identical with one
+    worker and with three, and holds the reference merge's jets, weights and order."""
+    config = write_config(base, "workers")
+    weights_stage(config, plots=False)
+    digests = []
+    for workers in (1, 3):
+        for split in SPLITS:
+            shutil.rmtree(config.global_.out_dir / split, ignore_errors=True)
+        merge_stage(config, workers=workers)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for split in SPLITS for p in outputs(config, split)})
+    assert digests[0] == digests[1]
+    assert len(digests[0]) == sum(len(outputs(done, s)) for s in SPLITS)
+    for split in SPLITS:
+        for group in ("jets", "tracks"):
+            assert np.array_equal(read_all(outputs(config, split), group),
+                                  read_all(outputs(done, split), group))
+
+
 def test_the_shuffle_is_a_uniform_permutation() -> None:
     """Blocks of 3 and 2 jets into buckets [2, 3] (files [2], [3]): over many seeds every jet
     lands at every output position equally often."""
     blocks, caps = np.array([3, 2]), np.array([2, 3])
     hits = np.zeros((5, 5))
     for seed in range(10_000):
-        counts = merge.assign(blocks, caps, np.random.default_rng([seed, 0, 0]))
+        counts = merge_plan.assign(blocks, caps, np.random.default_rng([seed, 0, 0]))
         out = [[] for _ in caps]
         start = 0
         for i, b in enumerate(blocks):
             keep = np.ones(len(caps), dtype=bool)
-            sel = merge.block_selection(counts[i], keep, np.random.default_rng([seed, 1, i]))
+            sel = merge_shuffle.block_selection(counts[i], keep,
+                                                np.random.default_rng([seed, 1, i]))
             bounds = np.concatenate([[0], np.cumsum(counts[i])])
             for j in range(len(caps)):
                 out[j] += list(start + sel[bounds[j]:bounds[j + 1]])
@@ -414,12 +437,12 @@ def test_a_lost_jet_fails_the_stage_and_publishes_nothing(small: Config,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     """Like UPP's reader dropping a jet: the count check catches it."""
-    real = merge.block_selection
+    real = merge_shuffle.block_selection
 
     def lossy(counts: np.ndarray, keep: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return real(counts, keep, rng)[:-1]
 
-    monkeypatch.setattr(merge, "block_selection", lossy)
+    monkeypatch.setattr(merge_shuffle, "block_selection", lossy)
     with pytest.raises(BookkeepingError):
         merge_stage(small)
     assert nothing_published(small)
@@ -446,11 +469,11 @@ def test_resume_after_sigkill_gives_identical_files(tmp_path: Path) -> None:
     weights_stage(reference, plots=False)
     merge_stage(reference)
     config = write_config(tmp_path, "killed", num_jets_per_output_file=1_000)
-    config = _with_one_process(config)
     weights_stage(config, plots=False)
     staging = config.global_.out_dir / "train" / ".staging"
     proc = subprocess.Popen([sys.executable, "-m", "upp_grid", "merge", "-c", str(config.path),
-                             "--split", "train"], env=cli_env(), stdout=subprocess.DEVNULL,
+                             "--split", "train", "--workers", "1"], env=cli_env(),
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not list(staging.glob("pp_output_train-full_*.h5")) and time.monotonic() < deadline:
@@ -473,13 +496,6 @@ def test_resume_after_sigkill_gives_identical_files(tmp_path: Path) -> None:
         with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
             for group in ("jets", "tracks"):
                 assert np.array_equal(fa[group][:], fb[group][:])
-
-
-def _with_one_process(config: Config) -> Config:
-    data = yaml.safe_load(config.path.read_text())
-    data["reweighting"]["merge_num_proc"] = 1
-    config.path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_config(config.path)
 
 
 def test_cli_without_histograms_is_a_one_line_error(small: Config) -> None:

@@ -44,8 +44,8 @@ from upp_grid.errors import UppGridError
 log = logging.getLogger(__name__)
 
 # run-time dependencies a grid job never imports: the grid clients (submit and download run
-# on the user's machine) and matplotlib (the worker never plots)
-LOCAL_ONLY_DISTS = frozenset({"panda-client", "rucio-clients", "matplotlib"})
+# on the user's machine), matplotlib (the worker never plots) and isal (it never merges)
+LOCAL_ONLY_DISTS = frozenset({"panda-client", "rucio-clients", "matplotlib", "isal"})
 # lossy scientific compressors: neither TDD ntuples nor upp-grid's intermediates use them
 PRUNED_HDF5_PLUGINS = frozenset({"libh5sz.so", "libh5sz3.so", "libh5sperr.so", "libh5zfp.so",
                                  "libh5fcidecomp.so", "libh5htj2k.so"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -74,36 +74,73 @@ def flat_bins(edges: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> np.n
     return flat
 
 
+LOOKUP_SPAN = 1 << 16  # integer class values spanning at most this are indexed by a table
+
+
 def _class_index(classes: Sequence[int], values: np.ndarray) -> np.ndarray:
     """Index of each value in ``classes`` (sorted); ``len(classes)`` for unknown values."""
     known = np.asarray(classes, dtype=np.int64)
+    if values.dtype.kind in "iu" and len(known) and len(values):
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo < LOOKUP_SPAN:  # a table over the values' range: one gather
+            table = np.full(hi - lo + 1, len(known), dtype=np.int64)
+            inside = known[(known >= lo) & (known <= hi)]
+            table[inside - lo] = np.searchsorted(known, inside)
+            return table[values.astype(np.int64) - lo]
+    values = values.astype(np.int64)
     idx = np.searchsorted(known, values)
     hit = idx < len(known)
     hit[hit] = known[idx[hit]] == values[hit]
     return np.where(hit, idx, len(known))
 
 
-def compute_weights(h: ReweightHists, rows: np.ndarray) -> np.ndarray:
+class WeightMemo:
+    """What the reweights of one batch of rows share, computed once: the entries (valid track
+    entries, or every jet), their flat bins per set of variables and edges, and their class
+    index per class variable and classes. UPP's reweighting list has six jets reweights over the
+    same ``pt``/``eta`` bins: with a memo they bin the jets once instead of six times."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._values:
+            self._values[key] = make()
+        return self._values[key]
+
+
+def compute_weights(h: ReweightHists, rows: np.ndarray, memo: WeightMemo | None = None
+                    ) -> np.ndarray:
     """float32 weights of ``rows`` (1-D jets or 2-D ``(n, n_tracks)`` with ``valid``).
 
     0 for invalid track entries, for classes not in ``h.classes`` and for values with no bin.
+    ``memo``: shared by every call on the same ``rows`` (see :class:`WeightMemo`).
     """
+    memo = memo or WeightMemo()
     rw = h.reweight
     out = np.zeros(rows.shape, dtype=np.float32)
     mask = rows["valid"] if "valid" in (rows.dtype.names or ()) else None
-    entries = rows[mask] if mask is not None else rows.reshape(-1)
-    if not len(entries):
+    if mask is not None and not mask.any():
         return out
-    flat = flat_bins(h.edges, [entries[v] for v in rw.reweight_vars])
+
+    def entries(name: str) -> np.ndarray:  # one field of the entries (valid tracks, or jets)
+        return memo.get(("field", name), lambda: rows[name][mask] if mask is not None
+                        else rows[name].reshape(-1))
+
+    edges_key = tuple(e.tobytes() for e in h.edges)
+    flat = memo.get(("bins", tuple(rw.reweight_vars), edges_key),
+                    lambda: flat_bins(h.edges, [entries(v) for v in rw.reweight_vars]))
     n_bins = h.table.shape[1] - 1
-    cls = _class_index(h.classes, entries[rw.class_var].astype(np.int64))
-    w = h.table[cls, np.where(flat < 0, n_bins, flat)]
+    cls = memo.get(("class", rw.class_var, tuple(h.classes)),
+                   lambda: _class_index(h.classes, entries(rw.class_var)))
+    cell = memo.get(("cell", tuple(rw.reweight_vars), edges_key, n_bins, tuple(h.classes)),
+                    lambda: cls * (n_bins + 1) + np.where(flat < 0, n_bins, flat))
+    w = h.table.reshape(-1)[cell]  # h.table[cls, bin], as one gather
     if mask is not None:
         out[mask] = w
     else:
         out[...] = w.reshape(rows.shape)
     return out
-
 
 
 # --------------------------------------------------------------------------- histograms.h5

@@ -44,6 +44,7 @@ from upp_grid.errors import UppGridError
 from upp_grid.fsutil import remove_stale_temps, write_text_atomic
 from upp_grid.h5io import JETS_CHUNK, batch_ranges, dataset, open_input, read_rows
 from upp_grid.inputs import FLAVOUR_LABEL
+from upp_grid.stages.merge_publish import merge_record, merged_files
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +367,6 @@ def norm_stage(config: Config, weighted: bool = False, weight: str | None = None
         No completed train merge, an unknown weight, or a variable whose mean or standard
         deviation is not finite or whose standard deviation is 0 (Salt would divide by it).
     """
-    from upp_grid.stages.merge import merge_record, merged_files  # merge imports this module
-
     remove_stale_temps(config.global_.out_dir)
     outputs = merged_files(config, "train")
     merge_hash = str(merge_record(config, "train")["plan_hash"])

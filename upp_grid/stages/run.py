@@ -74,26 +74,26 @@ def run_chain(config: Config, plots: bool = True, bar: ProgressBar = no_progress
               workers: int | None = None, overwrite: bool = False) -> RunSummary:
     """Run every local stage in order; each raises (and the chain stops) on any failure.
 
-    ``splits`` are merged (norm runs when train is among them); ``workers`` and ``overwrite``
-    are the split's."""
+    ``splits`` are merged (norm runs when train is among them); ``workers`` are the split's
+    and the merge's, ``overwrite`` the split's."""
     timings: list[StageTime] = []
     split_summary, cat = _timed(timings, "split",
                                 lambda: _split(config, bar, workers, overwrite))
     return after_split(config, cat, plots, bar, weighted_norm, timings, split_summary.skipped,
-                       splits)
+                       splits, workers)
 
 
 def after_split(config: Config, cat: Catalogue, plots: bool = True,
                 bar: ProgressBar = no_progress, weighted_norm: bool = False,
                 timings: Sequence[StageTime] = (), split_skipped: int = 0,
-                splits: Sequence[str] = SPLITS) -> RunSummary:
+                splits: Sequence[str] = SPLITS, workers: int | None = None) -> RunSummary:
     """weights → merge (train, val, test) → norm on the catalogue's split outputs (also what
     ``download`` runs after preparing a grid download); ``timings`` of earlier stages are
-    kept in the summary."""
+    kept in the summary; ``workers``: the merge's (default: every core)."""
     done = list(timings)
     pending = _timed(done, "weights", lambda: _weights(config, plots, bar))
     with pending:  # the plots are drawn meanwhile; an error below cancels them
-        merged = _timed(done, "merge", lambda: _merge(config, bar, splits))
+        merged = _timed(done, "merge", lambda: _merge(config, bar, splits, workers))
         norm = None
         if "train" in splits:
             norm = _timed(done, "norm", lambda: _norm(config, weighted_norm, bar,
@@ -129,9 +129,10 @@ def _wait_plots(pending: PendingPlots, bar: ProgressBar) -> list[Path]:
         return pending.wait(progress=advance)
 
 
-def _merge(config: Config, bar: ProgressBar, splits: Sequence[str] = SPLITS) -> MergeSummary:
+def _merge(config: Config, bar: ProgressBar, splits: Sequence[str] = SPLITS,
+           workers: int | None = None) -> MergeSummary:
     with bar(merge_work(config, splits), "merge") as advance:
-        return merge_stage(config, splits, progress=advance)
+        return merge_stage(config, splits, progress=advance, workers=workers)
 
 
 def _norm(config: Config, weighted: bool, bar: ProgressBar, train_jets: int) -> NormResult:
