@@ -16,11 +16,12 @@ process):
 
 * upp-grid: ``upp-grid run --no-plots`` from scratch (the whole chain), then from scratch again
   its stages one command each: ``split``, ``weights --no-plots``, ``merge --split all``, ``norm``;
-Each tool starts after one read of the whole input (the page cache as warm as memory allows).
-
 * UPP 0.3.3 (installed once into its own venv, ``/tmp/upp-grid-bench/upp-0.3.3``, from PyPI):
   ``preprocess --split-components``, ``--rw``, ``--rwm --split train|val|test`` and ``--norm``,
   with every other stage off; its whole chain is the sum of its commands.
+
+Each tool starts after one read of the whole input (the page cache as warm as memory allows:
+all of it at 1M jets, part of the 22 GB at 10M).
 
 Then one table: per stage the wall time, CPU % (CPU time / wall) and peak RSS of both, and how
 many times faster upp-grid is; jets in the merged files of both (UPP's ``--rwm`` drops jets,

@@ -27,7 +27,7 @@ import upp_grid.h5io  # noqa: F401 — registers the Blosc filter of the split o
 from upp_grid.config import SPLITS, Config, load_config
 from upp_grid.errors import BookkeepingError, InputError
 from upp_grid.mock import make_mock
-from upp_grid.stages import merge_plan, merge_shuffle
+from upp_grid.stages import merge_plan, merge_scratch, merge_shuffle
 from upp_grid.stages.catalogue import catalogue_path, read_catalogue
 from upp_grid.stages.merge import merge_stage
 from upp_grid.stages.split_local import split_stage
@@ -220,18 +220,23 @@ def test_same_seed_same_files_other_seed_other_order(base: Path, done: Config) -
     assert np.array_equal(np.sort(ev_ref), np.sort(ev_other))
 
 
-def test_the_same_bytes_for_any_number_of_workers(base: Path, done: Config) -> None:
-    """Workers change the speed, never the files: every output file is byte-identical with one
-    worker and with three, and holds the reference merge's jets, weights and order."""
+def test_the_same_bytes_for_any_number_of_workers_and_scratch_place(
+        base: Path, done: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers and where the scratch goes change the speed, never the files: every output file
+    is byte-identical with one worker and scratch in memory, and with three workers and scratch
+    on disk, and holds the reference merge's jets, weights and order. No scratch is left."""
     config = write_config(base, "workers")
     weights_stage(config, plots=False)
     digests = []
-    for workers in (1, 3):
+    for workers, memory in ((1, "1"), (3, "0")):
+        monkeypatch.setenv(merge_scratch.ENV, memory)
         for split in SPLITS:
             shutil.rmtree(config.global_.out_dir / split, ignore_errors=True)
         merge_stage(config, workers=workers)
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                         for split in SPLITS for p in outputs(config, split)})
+        assert not own_scratch()
+        assert not list(config.global_.out_dir.glob("*/.staging"))
     assert digests[0] == digests[1]
     assert len(digests[0]) == sum(len(outputs(done, s)) for s in SPLITS)
     for split in SPLITS:
@@ -411,6 +416,12 @@ def small(tmp_path: Path) -> Config:
     return config
 
 
+def own_scratch() -> list[Path]:
+    """Scratch directories of this process's merges left in memory (tmpfs)."""
+    root = merge_scratch.TMPFS / f"upp-grid-scratch-{os.getuid()}"
+    return list(root.glob(f"{os.getpid()}-*")) if root.is_dir() else []
+
+
 def nothing_published(config: Config) -> bool:
     out = config.global_.out_dir
     return not list(out.glob("*/pp_output_*.h5")) and not list(out.glob("*_vds.h5"))
@@ -446,6 +457,7 @@ def test_a_lost_jet_fails_the_stage_and_publishes_nothing(small: Config,
     with pytest.raises(BookkeepingError):
         merge_stage(small)
     assert nothing_published(small)
+    assert not own_scratch()  # the raw rows in memory are gone with the failure
 
 
 # ----------------------------------------------------------------------------- resume
