@@ -63,15 +63,6 @@ def intermediate_codec(name: str | None = None) -> Mapping[str, Any]:
     raise ValueError(f"unknown intermediate codec '{name}' (one of {INTERMEDIATE_CODECS})")
 
 
-def final_codec(name: str) -> Mapping[str, Any]:
-    """``create_dataset`` kwargs for final outputs: ``gzip`` (default), ``lzf`` or ``none``."""
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    if name == "lzf":
-        return {"compression": "lzf", "shuffle": True}
-    return {}
-
-
 def open_input(path: Path, chunk_cache: bool = True) -> h5py.File:
     """Open an input file read-only; an unreadable/truncated file raises one-line InputError.
 
@@ -166,7 +157,47 @@ def read_rows(ds: h5py.Dataset, start: int, stop: int, out: np.ndarray | None = 
     return out
 
 
-class AtomicH5Writer:
+class AtomicH5File:
+    """An HDF5 file written under a temporary name next to ``path`` and renamed into place by
+    :meth:`publish`; on any error (or a close without publishing) the temporary file is
+    removed, so ``path`` is either absent, the previous version, or complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._committed = False
+        # no chunk cache: only whole chunks are written
+        self.file = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=0)
+
+    def publish(self) -> None:
+        """Close the file and rename it into place."""
+        self.file.close()
+        self.tmp.replace(self.path)
+        self._committed = True
+
+    def abort(self) -> None:
+        """Discard everything written (safe to call twice)."""
+        if self._committed:
+            return
+        try:
+            self.file.close()
+        except Exception:  # closing a broken file must not mask the real error
+            log.debug("closing %s failed", self.tmp, exc_info=True)
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicH5File:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._committed:
+            self.abort()
+            raise BookkeepingError(f"{self.path}: writer closed without commit")
+
+
+class AtomicH5Writer(AtomicH5File):
     """Write structured datasets to ``path`` atomically, with exact counts.
 
     Datasets are declared up front (name → dtype and per-row shape). Rows are appended in
@@ -180,13 +211,8 @@ class AtomicH5Writer:
     def __init__(self, path: Path, groups: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
                  codec: Mapping[str, Any] | None = None, attrs: Mapping[str, Any] | None = None,
                  chunk_bytes: int | None = None) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # no chunk cache: only whole chunks are written, compressed straight from our buffers
-        self.file = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=0)
+        super().__init__(path)  # HDF5 compresses straight from our whole-chunk buffers
         self.counts = dict.fromkeys(groups, 0)
-        self._committed = False
         self._datasets: dict[str, h5py.Dataset] = {}
         self._pending: dict[str, np.ndarray] = {}  # one chunk of buffered rows per dataset
         self._pending_rows = dict.fromkeys(groups, 0)
@@ -262,31 +288,12 @@ class AtomicH5Writer:
             raise BookkeepingError(f"{self.path}: row counts {sizes} differ"
                                    + (f" from the expected {expected}" if expected is not None
                                       else ""))
-        self.file.close()
-        self.tmp.replace(self.path)
-        self._committed = True
+        self.publish()
         return next(iter(sizes.values()), 0)
 
     def abort(self) -> None:
-        """Discard everything written (safe to call twice)."""
-        if self._committed:
-            return
         self._pending.clear()
-        try:
-            self.file.close()
-        except Exception:  # closing a broken file must not mask the real error
-            log.debug("closing %s failed", self.tmp, exc_info=True)
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicH5Writer:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif not self._committed:
-            self.abort()
-            raise BookkeepingError(f"{self.path}: writer closed without commit")
+        super().abort()
 
 
 def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:

@@ -36,14 +36,15 @@ def private_tmpfs_works() -> bool:
 @pytest.mark.skipif(not private_tmpfs_works(), reason="needs unshare -rm and a tmpfs mount")
 def test_a_full_disk_names_the_stage_and_file_and_leaves_no_scratch(tmp_path: Path):
     """base_dir is a 40 MB tmpfs (in a private mount namespace): the split outputs fit, the
-    merge's scratch does not."""
+    merge's scratch does not (kept on disk, as when memory has no room for it)."""
     ntuples = tmp_path / "ntuples"
     make_mock(ntuples, num_jets=60_000, num_files=3, seed=2)
     base = tmp_path / "base"
     base.mkdir()
     config = write_config(base, ntuples)
     script = (f"mount -t tmpfs -o size=40m tmpfs {base} && cd {base} && "
-              f"PYTHONPATH={REPO} {sys.executable} -m upp_grid run -c {config} --no-plots; "
+              f"UPP_GRID_SCRATCH_MEMORY=0 PYTHONPATH={REPO} {sys.executable} -m upp_grid run "
+              f"-c {config} --no-plots; "
               f"echo exit=$?; echo LEFT; find {base} -name '*.tmp-*' -o -name scratch "
               f"-o -name '.sandbox-*'; echo FILES; find {base} -type f | wc -l; df -k {base}")
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True,
