@@ -5,12 +5,13 @@
                                              [--summary FILE]
 
 The demo config (configs/demo.yaml: 4 flavours, one jets reweight, 100k jets per output file,
-half precision, gzip, ``merge_num_proc`` 2) runs on ``--jets`` mock jets in 3 files, split and
+half precision, gzip; the merge uses every core) runs on ``--jets`` mock jets in 3 files, split and
 weighted once (a complete split is reused). Then, each in a fresh process and from scratch
 (previous outputs deleted), best of ``--repeat``:
 
 * ``merge --split train``, ``val`` and ``test`` one at a time, as UPP's figures were taken, and
-  ``merge --split all`` (one process pool for the three, which ``run`` uses);
+  ``merge --split all`` (one run for the three, each split's writing overlapping the next
+  split's reading, as ``run`` does);
 * ``norm`` (unweighted, as UPP) as ``upp-grid norm`` runs it, combining the statistics merge
   cached in the train files; ``norm-recompute``, the same from a fresh pass over the files
   (what the stage does without the cache); and ``norm --weighted`` (always a fresh pass).
@@ -19,7 +20,8 @@ weighted once (a complete split is reused). Then, each in a fresh process and fr
 The stage's wall and CPU time (user + system of the stage and its workers: what the wall time
 would be on one free core) are taken inside that process, around the stage; peak RSS is the
 largest of that process and its workers (``os.wait4``, see bench/py).
-UPP 0.3.3 on 1M mock jets: merge train 8.0 s, val 2.5 s, test 8.9 s (19.4 s), norm 4.3 s.
+UPP 0.3.3 on 1M mock jets (the reference machine; bench/bench_vs_upp.py measures it side by
+side on any other): merge train 8.0 s, val 2.5 s, test 8.9 s (19.4 s), norm 4.3 s.
 Targets: merge and norm 3x faster; peak RSS <= 400 MiB, flat from 1M to 10M jets.
 The 2 cores may be shared with other work: best of 3.
 """
