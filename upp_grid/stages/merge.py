@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
 import threading
 import time
@@ -50,6 +49,7 @@ import numpy as np
 
 from upp_grid import __version__
 from upp_grid.config import SPLITS, Config
+from upp_grid.cores import usable_cores
 from upp_grid.errors import InputError, UppGridError
 from upp_grid.fsutil import remove_stale_temps
 from upp_grid.ownership import record_out_dir
@@ -72,14 +72,6 @@ from upp_grid.stages.weights import histograms_path
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: taskset, cgroup cpusets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

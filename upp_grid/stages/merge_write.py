@@ -245,41 +245,28 @@ def write_files(tasks: Sequence[WriteTask], workers: int,
         stack.callback(reader.close)
         pool = stack.enter_context(ThreadPoolExecutor(threads, "merge-write"))
         stack.callback(pool.shutdown, cancel_futures=True)
-        pending: deque[tuple[WriteTask, Future[Prepared]]] = deque()
+        pending: deque[Future[Prepared]] = deque()  # in file order, bucket order
         todo = iter(jobs)
 
         def submit() -> None:
             job = next(todo, None)
             if job is not None:
-                pending.append((job[0], pool.submit(prepare, *job, reader)))
+                pending.append(pool.submit(prepare, *job, reader))
+
+        def next_bucket() -> Prepared:
+            prepared = pending.popleft().result()
+            submit()
+            return prepared
 
         for _ in range(threads + 1):
             submit()
-        for task, done in _files(pending, submit):
-            results.append(_write_file(task, done, on_bucket))
+        for task in tasks:  # each file takes its own buckets off the front of the queue
+            results.append(_write_file(task, (next_bucket() for _ in task.buckets), on_bucket))
     return results
 
 
 def _starts(task: WriteTask) -> list[int]:
     return np.concatenate([[0], np.cumsum([b.size for b in task.buckets])[:-1]]).tolist()
-
-
-def _files(pending: deque[tuple[WriteTask, Future[Prepared]]], submit: Callable[[], None]
-           ) -> Iterator[tuple[WriteTask, Iterator[Prepared]]]:
-    """The tasks in order, each with an iterator over its prepared buckets in order."""
-    while pending:
-        task = pending[0][0]
-
-        def buckets(task: WriteTask = task) -> Iterator[Prepared]:
-            for _ in task.buckets:
-                owner, future = pending.popleft()
-                if owner is not task:
-                    raise BookkeepingError(f"{task.path}: bucket of another file in its queue")
-                prepared = future.result()
-                submit()
-                yield prepared
-
-        yield task, buckets()
 
 
 def _write_file(task: WriteTask, buckets: Iterator[Prepared], on_bucket: Callable[[int], None]

@@ -36,6 +36,7 @@ from pathlib import Path
 import h5py
 
 from upp_grid.config import Config
+from upp_grid.cores import usable_cores
 from upp_grid.errors import BookkeepingError, InputError, UppGridError
 from upp_grid.h5io import short_error
 from upp_grid.input_types import file_types
@@ -380,11 +381,7 @@ def _reusable(config: Config, units: list[Unit],
 
 def default_workers(num_units: int) -> int:
     """min(units, usable cores), at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(num_units, cores))
+    return max(1, min(num_units, usable_cores()))
 
 
 def run_split(config: Config, container: str | None = None,
